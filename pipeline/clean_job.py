@@ -1,0 +1,292 @@
+"""The clean job on Ray Data: read+validate+normalize -> language ID -> exact dedup -> MinHash dedup -> write.
+
+The only module of the cleaning pipeline that knows about Ray. Stage logic lives in plain modules
+(`read`, `normalize`, `langid`, `dedup`, `accounting`); here they become Ray Data operations.
+Intermediate results are materialized as Parquet under `<output>/_work/` (never gathered on the
+driver); final outputs are grouped by content partition and hash bucket, sorted, and written
+atomically, so 1, 2 or N workers give the same bytes. Output layout:
+
+    <output>/cleaned/category=<c>/lang=<l>/part-00000.parquet   documents kept
+    <output>/quarantine/part-00000.parquet                        bad records (file, position, reason, raw)
+    <output>/duplicates/part-00000.parquet                        id, duplicate_of, stage
+    <output>/stats.json                                           per-stage accounting
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import accounting
+from pipeline.config import Config
+from pipeline.ray_session import ray_session
+from pipeline.read import read_file
+from pipeline.schema import READ_SCHEMA, CLEANED_SCHEMA, DOC_COLUMNS, DUPLICATES_SCHEMA, NULL_PARTITION, QUARANTINE_SCHEMA
+from pipeline.sources import InputFile, list_input_files
+from pipeline.write import bucket_of, sort_rows, write_json_atomic, write_parquet_atomic
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_SMALL_FILE = 1_000_000  # quarantine / duplicates rows per output file
+
+
+# --------------------------------------------------------------------------- per-batch functions
+
+
+def _read_files(batch: pa.Table, files: list[InputFile], cfg: Config) -> Iterator[pa.Table]:
+    for index in batch.column("file_index").to_pylist():
+        f = files[index]
+        yield from read_file(f, cfg.inputs[f.spec_index], cfg.read)
+
+
+def _valid_docs(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_null(batch.column("reason"))).select(DOC_COLUMNS)
+
+
+def _quarantined(batch: pa.Table) -> pa.Table:
+    bad = batch.filter(pc.is_valid(batch.column("reason")))
+    return pa.table({
+        "source_file": bad.column("source"), "position": bad.column("position"), "reason": bad.column("reason"),
+        "raw": bad.column("raw"), "category": bad.column("category"), "n_chars": bad.column("n_chars"),
+    }, schema=QUARANTINE_SCHEMA)
+
+
+def _partition_path(category: str, lang) -> str:
+    return f"category={category}/lang={lang if lang is not None else NULL_PARTITION}"
+
+
+def _with_part(batch: pa.Table) -> pa.Table:
+    parts = [_partition_path(c, l) for c, l in zip(batch.column("category").to_pylist(),
+                                                   batch.column("lang").to_pylist())]
+    return batch.append_column("_part", pa.array(parts, pa.string()))
+
+
+def _with_bucket(batch: pa.Table, key: str, buckets: dict[str, int] | int) -> pa.Table:
+    parts = batch.column("_part").to_pylist() if "_part" in batch.column_names else None
+    keys = batch.column(key).to_pylist()
+    values = [bucket_of(str(k), buckets if isinstance(buckets, int) else buckets[p])
+              for k, p in zip(keys, parts or [None] * len(keys))]
+    return batch.append_column("_bucket", pa.array(values, pa.int32()))
+
+
+def _write_group(group: pa.Table, out_dir: str, schema: pa.Schema, sort_keys: list[str]) -> pa.Table:
+    part = group.column("_part")[0].as_py() if "_part" in group.column_names else ""
+    bucket = group.column("_bucket")[0].as_py()
+    path = os.path.join(out_dir, part, f"part-{bucket:05d}.parquet")
+    table = sort_rows(group.select(schema.names).cast(schema), sort_keys)
+    write_parquet_atomic(table, path)
+    chars = pc.sum(group.column("n_chars")).as_py() if "n_chars" in group.column_names else 0
+    return pa.table({"path": [path], "docs": [table.num_rows], "chars": [chars or 0]})
+
+
+def _fates(batch: pa.Table, stage: str) -> pa.Table:
+    """Reduce rows to (category, lang, stage, reason, n_chars) for the accounting group-by."""
+    n = batch.num_rows
+    cats = batch.column("category") if "category" in batch.column_names else pa.nulls(n, pa.string())
+    cats = pc.fill_null(cats.cast(pa.string()), accounting.UNKNOWN)
+    if stage in ("read", "normalize"):
+        langs = pa.array([accounting.UNKNOWN] * n, pa.string())
+        reasons = batch.column("reason")
+        stages = pa.array(["normalize" if r.startswith("empty_after_normalize") else "read"
+                           for r in reasons.to_pylist()], pa.string())
+    else:
+        langs = pc.fill_null(batch.column("lang").cast(pa.string()), accounting.CODE)
+        reasons = batch.column("stage") if stage != accounting.KEPT else pa.array([""] * n, pa.string())
+        if stage != accounting.KEPT:
+            reasons = pa.array(["exact_duplicate" if s == "exact" else "near_duplicate"
+                                for s in reasons.to_pylist()], pa.string())
+            stages = pa.array(["exact_dedup" if r == "exact_duplicate" else "near_dedup"
+                               for r in reasons.to_pylist()], pa.string())
+        else:
+            stages = pa.array([accounting.KEPT] * n, pa.string())
+    return pa.table({"category": cats, "lang": langs, "stage": stages, "reason": reasons,
+                     "n_chars": pc.fill_null(batch.column("n_chars"), 0)})
+
+
+# --------------------------------------------------------------------------- the job
+
+
+class CleanJob:
+    """Runs stages 1-6 for one config. `run()` returns the stats dict also written to stats.json."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.files = list_input_files(cfg)  # on the driver, before Ray: fail fast on empty inputs
+        self.out = Path(cfg.output).resolve()
+        self.work = self.out / "_work" / "clean"
+        self.final = self.work / "final"
+        self.timings: dict[str, float] = {}
+
+    def _timed(self, name: str, fn, *args):
+        start = time.perf_counter()
+        result = fn(*args)
+        self.timings[name] = round(time.perf_counter() - start, 3)
+        log.info("%s done in %.1fs", name, self.timings[name])
+        return result
+
+    def run(self) -> dict:
+        import ray
+
+        if self.work.exists():
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True)
+        with ray_session(self.cfg.ray):
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = True
+            staged = self._timed("read", self._read)
+            kept, dup_sets = None, []
+            if staged.map_batches(_valid_docs, batch_format="pyarrow").count():
+                labelled = self._timed("langid", self._langid, staged)
+                kept, dup_sets = self._timed("dedup", self._dedup, labelled)
+            written = self._timed("write", self._write, staged, kept, dup_sets)
+            stats = self._timed("stats", self._stats, written)
+        self._publish()
+        write_json_atomic(stats, str(self.out / "stats.json"))
+        # Timings vary run to run, so they live beside stats.json, which must be byte-identical.
+        write_json_atomic({"clean": self.timings}, str(self.out / "timings.json"))
+        if not self.cfg.write.keep_work_dir:
+            shutil.rmtree(self.out / "_work" / "clean", ignore_errors=True)
+        return stats
+
+    # -- stages
+
+    def _read(self):
+        import ray
+
+        files = self.files
+        items = [{"file_index": f.index} for f in files]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        ds = ds.map_batches(_read_files, batch_size=1, batch_format="pyarrow",
+                            fn_kwargs={"files": files, "cfg": self.cfg})
+        ds.write_parquet(str(self.work / "read"))
+        if not any((self.work / "read").glob("*.parquet")):  # no records at all: keep the schema
+            write_parquet_atomic(READ_SCHEMA.empty_table(), str(self.work / "read" / "empty.parquet"))
+        return ray.data.read_parquet(str(self.work / "read"), partitioning=None)
+
+    def _langid(self, staged):
+        import ray
+
+        from pipeline.langid import LangIdStage
+
+        docs = staged.map_batches(_valid_docs, batch_format="pyarrow")
+        actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        labelled = docs.map_batches(
+            LangIdStage,
+            fn_constructor_kwargs={"model_path": self.cfg.langid.model, "threshold": self.cfg.langid.threshold},
+            batch_size=self.cfg.langid.batch_size, batch_format="pyarrow", concurrency=actors)
+        labelled.write_parquet(str(self.work / "labelled"))
+        return ray.data.read_parquet(str(self.work / "labelled"), partitioning=None)
+
+    def _dedup(self, labelled):
+        from pipeline.dedup_ray import exact_dedup, near_dedup
+
+        dups = []
+        kept = labelled
+        if self.cfg.dedup.exact:
+            kept, d = exact_dedup(kept, self.cfg.dedup, str(self.work / "exact"))
+            dups.append(d)
+        if self.cfg.dedup.near:
+            kept, d = near_dedup(kept, self.cfg.dedup, str(self.work / "near"))
+            dups.append(d)
+        return kept, dups
+
+    def _write(self, staged, kept, dup_sets) -> dict:
+        import ray
+
+        cleaned = []
+        if kept is not None:
+            kept = kept.map_batches(_with_part, batch_format="pyarrow")
+            kept.write_parquet(str(self.work / "kept"))  # materialize once: sizes, then files
+        if any((self.work / "kept").glob("*.parquet")):
+            kept = ray.data.read_parquet(str(self.work / "kept"), partitioning=None)
+            sizes = {r["_part"]: r["sum(n_chars)"] for r in kept.groupby("_part").sum("n_chars").take_all()}
+            target = self.cfg.write.target_file_chars
+            buckets = {p: max(1, math.ceil((c or 0) / target)) for p, c in sizes.items()}
+            cleaned = self._write_grouped(kept, "cleaned", CLEANED_SCHEMA, ["id", "source", "position"],
+                                          key="id", buckets=buckets)
+
+        dups_dir = self.work / "dups"
+        for i, d in enumerate(dup_sets):
+            d.write_parquet(str(dups_dir / str(i)))
+        has_dups = any(dups_dir.rglob("*.parquet"))
+        duplicates = []
+        if has_dups:
+            dup_rows = ray.data.read_parquet(str(dups_dir), partitioning=None)
+            duplicates = self._write_small(dup_rows, "duplicates", DUPLICATES_SCHEMA, ["id"], key="id")
+
+        quarantine = staged.map_batches(_quarantined, batch_format="pyarrow")
+        quarantined = self._write_small(quarantine, "quarantine", QUARANTINE_SCHEMA,
+                                        ["source_file", "position"], key="source_file")
+        return {"cleaned": cleaned, "duplicates": duplicates, "quarantine": quarantined,
+                "read": staged.count(), "dups_dir": str(dups_dir) if has_dups else None}
+
+    def _write_grouped(self, ds, name: str, schema, sort_keys, key, buckets) -> list[dict]:
+        out_dir = str(self.final / name)
+        ds = ds.map_batches(_with_bucket, batch_format="pyarrow", fn_kwargs={"key": key, "buckets": buckets})
+        group_cols = ["_part", "_bucket"] if "_part" in ds.schema().names else ["_bucket"]
+        result = ds.groupby(group_cols).map_groups(
+            _write_group, batch_format="pyarrow",
+            fn_kwargs={"out_dir": out_dir, "schema": schema, "sort_keys": sort_keys})
+        return sorted(result.take_all(), key=lambda r: r["path"])
+
+    def _write_small(self, ds, name, schema, sort_keys, key) -> list[dict]:
+        rows = ds.count()
+        if rows == 0:
+            return []
+        return self._write_grouped(ds, name, schema, sort_keys, key,
+                                   buckets=max(1, math.ceil(rows / ROWS_PER_SMALL_FILE)))
+
+    def _stats(self, written: dict) -> dict:
+        import ray
+
+        parts = []
+        if written["quarantine"]:
+            parts.append(ray.data.read_parquet(str(self.final / "quarantine"), partitioning=None)
+                         .map_batches(_fates, batch_format="pyarrow", fn_kwargs={"stage": "read"}))
+        if written["dups_dir"]:
+            parts.append(ray.data.read_parquet(written["dups_dir"], partitioning=None)
+                         .map_batches(_fates, batch_format="pyarrow", fn_kwargs={"stage": "dropped"}))
+        if written["cleaned"]:
+            parts.append(ray.data.read_parquet(str(self.final / "cleaned"), partitioning=None)
+                         .map_batches(_fates, batch_format="pyarrow", fn_kwargs={"stage": accounting.KEPT}))
+        fates = []
+        if parts:
+            ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+            from ray.data.aggregate import Count, Sum
+
+            grouped = ds.groupby(["category", "lang", "stage", "reason"]).aggregate(Count(), Sum("n_chars"))
+            fates = [accounting.Fate(r["category"], r["lang"], r["stage"], r["reason"], int(r["count()"]),
+                                     int(r["sum(n_chars)"] or 0)) for r in grouped.take_all()]
+        stats = accounting.build_stats(fates)
+        identity = accounting.check_identity(
+            read=written["read"],
+            kept=sum(r["docs"] for r in written["cleaned"]),
+            dropped=sum(r["docs"] for r in written["duplicates"]),
+            quarantined=sum(r["docs"] for r in written["quarantine"]))
+        stats["accounting"] = identity
+        stats["inputs"] = {"files": len(self.files), "sources": [f.source for f in self.files]}
+        stats["config"] = {"langid": vars(self.cfg.langid), "dedup": vars(self.cfg.dedup)}
+        return stats
+
+    def _publish(self) -> None:
+        """Swap the finished outputs into place, replacing those of an earlier run."""
+        for name in ("cleaned", "duplicates", "quarantine"):
+            target = self.out / name
+            if target.exists():
+                shutil.rmtree(target)
+            src = self.final / name
+            if src.exists():
+                os.replace(src, target)
+            else:
+                target.mkdir(parents=True)
+
+
+def run_clean(cfg: Config) -> dict:
+    return CleanJob(cfg).run()

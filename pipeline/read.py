@@ -1,0 +1,251 @@
+"""Read + validate + normalize one input file into Arrow batches, quarantining bad records.
+
+Every record read becomes exactly one row: a valid document (`reason` null) or a quarantine row
+(`reason` set, `raw` holding a truncated copy). Nothing raises on bad data: a broken line, bad UTF-8,
+a record that is not an object, a missing or non-string text, an unknown category, an oversized
+record, or a file that breaks mid-way (truncated gzip/zstd, unreadable) is reported with its file
+and position (JSONL: 1-based line number; Parquet: 0-based row index).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from typing import IO, Iterator, Optional
+
+import pyarrow as pa
+
+from pipeline.config import CATEGORIES, InputSource, ReadConfig
+from pipeline.normalize import normalize_text, replace_surrogates
+from pipeline.schema import READ_SCHEMA
+from pipeline.sources import InputFile
+
+_CHUNK = 1 << 20
+
+
+def stable_id(source: str, position: int) -> str:
+    """Id for a record that has none: stable across runs, machines and worker counts."""
+    return hashlib.sha1(f"{source}:{position}".encode("utf-8")).hexdigest()[:20]
+
+
+class _Batcher:
+    """Collects rows column-wise and emits READ_SCHEMA tables of `size` rows."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.cols: dict[str, list] = {name: [] for name in READ_SCHEMA.names}
+
+    def add(self, **row) -> Optional[pa.Table]:
+        for name, values in self.cols.items():
+            values.append(row.get(name))
+        return self.flush() if len(self.cols["reason"]) >= self.size else None
+
+    def flush(self) -> Optional[pa.Table]:
+        if not self.cols["reason"]:
+            return None
+        table = pa.Table.from_pydict(self.cols, schema=READ_SCHEMA)
+        self.cols = {name: [] for name in READ_SCHEMA.names}
+        return table
+
+
+class RecordValidator:
+    """Turns one decoded record (a dict) into a document row or a quarantine reason."""
+
+    def __init__(self, spec: InputSource, file: InputFile, read_cfg: ReadConfig):
+        self.spec, self.file, self.cfg = spec, file, read_cfg
+        self.consumed = {spec.text_field, spec.id_field}
+        for field in (spec.category_field, spec.code_lang_field, spec.path_field):
+            if field:
+                self.consumed.add(field)
+
+    def quarantine(self, position: int, reason: str, raw: str, n_chars: int, category=None) -> dict:
+        raw = replace_surrogates(raw[: self.cfg.raw_preview_chars])
+        return dict(source=self.file.url, position=position, reason=reason, raw=raw,
+                    n_chars=n_chars, category=category)
+
+    def row(self, record, position: int, raw_size: int, raw_text) -> dict:
+        preview = raw_text if raw_text is not None else ""
+        if not isinstance(record, dict):
+            return self.quarantine(position, "not_an_object", preview, raw_size)
+        spec = self.spec
+        category = spec.category
+        if category is None:
+            category = record.get(spec.category_field)
+            if category is None:
+                return self.quarantine(position, "missing_category", preview, raw_size)
+            if not isinstance(category, str) or category not in CATEGORIES:
+                return self.quarantine(position, "unknown_category", preview, raw_size,
+                                       category=str(category)[:64])
+        text = record.get(spec.text_field)
+        if text is None:
+            return self.quarantine(position, "missing_text", preview, raw_size, category)
+        if not isinstance(text, str):
+            return self.quarantine(position, "text_not_string", preview, raw_size, category)
+        if len(text.encode("utf-8", "surrogatepass")) > self.cfg.max_record_bytes:
+            return self.quarantine(position, "oversized_record", preview or text, raw_size, category)
+        doc_id = record.get(spec.id_field)
+        if doc_id is None or doc_id == "":
+            doc_id = stable_id(self.file.source, position)
+        elif isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
+            return self.quarantine(position, "invalid_id", preview, raw_size, category)
+        if not text.strip():
+            return self.quarantine(position, "empty_text", preview, raw_size, category)
+        text = normalize_text(text, is_code=category == "code")
+        if not text:  # only control characters or other debris
+            return self.quarantine(position, "empty_after_normalize", preview, raw_size, category)
+        code_lang = record.get(spec.code_lang_field) if spec.code_lang_field else None
+        path = record.get(spec.path_field) if spec.path_field else None
+        extra = {k: v for k, v in record.items() if k not in self.consumed}
+        meta = replace_surrogates(json.dumps(extra, ensure_ascii=False, sort_keys=True, default=str)) if extra else None
+        return dict(id=replace_surrogates(str(doc_id)), text=text, category=category,
+                    code_lang=code_lang if isinstance(code_lang, str) else None,
+                    path=replace_surrogates(path) if isinstance(path, str) else None,
+                    source=self.file.source, position=position, n_chars=len(text), meta=meta)
+
+
+def _open_bytes(url: str) -> IO[bytes]:
+    if "://" in url and not url.startswith("file://"):
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    return open(url[len("file://"):] if url.startswith("file://") else url, "rb")
+
+
+def _decompressed(raw: IO[bytes], fmt: str) -> IO[bytes]:
+    """A stream whose read(n) returns every byte that can be decompressed before a truncation."""
+    if fmt == "jsonl.gz":
+        return gzip.GzipFile(fileobj=raw)
+    if fmt == "jsonl.zst":
+        return _ZstdStream(raw)
+    return raw
+
+
+class _ZstdStream:
+    """Multi-frame zstd decompression that notices truncation (zstandard's stream_reader just stops)."""
+
+    def __init__(self, raw: IO[bytes]):
+        import zstandard
+
+        self.raw, self.new = raw, zstandard.ZstdDecompressor().decompressobj
+        self.obj, self.in_frame = self.new(), False
+
+    def read1(self, size: int) -> bytes:
+        while True:
+            data = self.raw.read(size)
+            if not data:
+                if self.in_frame:
+                    raise EOFError("zstd stream ended before the end of its last frame")
+                return b""
+            out = []
+            while data:
+                self.in_frame = True
+                out.append(self.obj.decompress(data))
+                if self.obj.eof:
+                    data, self.obj, self.in_frame = self.obj.unused_data, self.new(), False
+                else:
+                    data = b""
+            result = b"".join(out)
+            if result:
+                return result
+
+
+class ReadError(Exception):
+    """The stream broke after `complete` good lines (truncated archive, I/O error)."""
+
+
+def _lines(stream: IO[bytes], limit: int) -> Iterator[tuple[int, Optional[bytes], int, bytes]]:
+    """Yield (line number, line or None if over `limit`, size in bytes, head of an oversized line).
+
+    Reads fixed-size chunks, so one huge line never sits in memory whole, and every complete line
+    before a broken tail is still yielded; the break itself raises ReadError.
+    """
+    number, pending, size, oversized = 0, b"", 0, False
+    read = stream.read1 if hasattr(stream, "read1") else stream.read  # read1: one decompression step, nothing buffered lost
+    while True:
+        try:
+            chunk = read(_CHUNK)
+        except Exception as exc:
+            raise ReadError(f"{type(exc).__name__}: {exc}") from exc
+        if not chunk:
+            break
+        start = 0
+        while True:
+            nl = chunk.find(b"\n", start)
+            piece = chunk[start:] if nl < 0 else chunk[start:nl]
+            size += len(piece)
+            if not oversized:
+                pending += piece
+                if len(pending) > limit:
+                    oversized, pending = True, pending[:4096]
+            if nl < 0:
+                break
+            number += 1
+            yield (number, None, size, pending) if oversized else (number, pending, size, b"")
+            pending, size, oversized = b"", 0, False
+            start = nl + 1
+    if size:
+        number += 1
+        yield (number, None, size, pending) if oversized else (number, pending, size, b"")
+
+
+def _read_jsonl(file: InputFile, validator: RecordValidator, cfg: ReadConfig) -> Iterator[dict]:
+    position = 0
+    try:
+        with _open_bytes(file.url) as raw:
+            stream = _decompressed(raw, file.format)
+            for position, line, size, head in _lines(stream, cfg.max_record_bytes):
+                if line is None:
+                    yield validator.quarantine(position, "oversized_record",
+                                               head.decode("utf-8", "replace"), size)
+                    continue
+                if position == 1 and line.startswith(b"\xef\xbb\xbf"):
+                    line = line[3:]
+                line = line.rstrip(b"\r")
+                if not line.strip():
+                    continue  # blank lines separate nothing and hold no record
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield validator.quarantine(position, f"invalid_utf8: byte {exc.start}",
+                                               line.decode("utf-8", "replace"), size)
+                    continue
+                try:
+                    record = json.loads(text)
+                except (json.JSONDecodeError, RecursionError) as exc:
+                    msg = "nested too deeply" if isinstance(exc, RecursionError) else exc.msg
+                    yield validator.quarantine(position, f"invalid_json: {msg}", text, size)
+                    continue
+                yield validator.row(record, position, size, text)
+    except Exception as exc:  # truncated archive, unreadable file, lost connection: report, go on
+        detail = str(exc) if isinstance(exc, ReadError) else f"{type(exc).__name__}: {exc}"
+        yield validator.quarantine(position + 1, f"read_error: {detail}", "", 0)
+
+
+def _read_parquet(file: InputFile, validator: RecordValidator, cfg: ReadConfig) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    position = -1
+    try:
+        with _open_bytes(file.url) as raw:
+            for batch in pq.ParquetFile(raw).iter_batches(batch_size=cfg.batch_size):
+                for record in batch.to_pylist():
+                    position += 1
+                    yield validator.row(record, position, 0, None)
+    except Exception as exc:
+        yield validator.quarantine(position + 1, f"read_error: {type(exc).__name__}: {exc}", "", 0)
+
+
+def read_file(file: InputFile, spec: InputSource, cfg: ReadConfig) -> Iterator[pa.Table]:
+    """Stream one input file as READ_SCHEMA tables of at most `cfg.batch_size` rows."""
+    validator = RecordValidator(spec, file, cfg)
+    reader = _read_parquet if file.format == "parquet" else _read_jsonl
+    batcher = _Batcher(cfg.batch_size)
+    for row in reader(file, validator, cfg):
+        if "reason" not in row:
+            row["reason"] = None
+        table = batcher.add(**row)
+        if table is not None:
+            yield table
+    table = batcher.flush()
+    if table is not None:
+        yield table

@@ -1,0 +1,47 @@
+"""Config errors are caught before Ray starts and name the field."""
+import pytest
+
+from pipeline.config import ConfigError, config_from_dict, load_config
+
+
+def _cfg(tmp_path, **overrides):
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    data = {"inputs": [{"path": str(tmp_path / "a.jsonl"), "category": "web"}], "output": str(tmp_path / "out")}
+    data.update(overrides)
+    return data
+
+
+def test_defaults_and_relative_paths(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "job.yaml").write_text("inputs:\n  - {path: a.jsonl, category: web}\noutput: out\n")
+    cfg = load_config(tmp_path / "job.yaml")
+    assert cfg.inputs[0].path == str(tmp_path / "a.jsonl") and cfg.output == str(tmp_path / "out")
+    assert cfg.dedup.threshold == 0.8 and cfg.dedup.num_perm == 128 and cfg.tokenizer.vocab_size == 100_534
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"dedupe": {}}, "dedupe: unknown key"),
+    ({"dedup": {"threshold": 1.5}}, "dedup.threshold: 1.5 is out of range"),
+    ({"dedup": {"num_perm": "many"}}, "dedup.num_perm: expected an integer"),
+    ({"langid": {"threshold": -0.1}}, "langid.threshold"),
+    ({"langid": {"model": "/nonexistent/lid.bin"}}, "langid.model: no such file"),
+    ({"inputs": []}, "inputs: at least one"),
+    ({"inputs": [{"path": "/nonexistent/*.jsonl", "category": "web"}]}, "inputs[0].path: no such file"),
+    ({"inputs": [{"path": "/", "category": "blogs"}]}, "inputs[0].category: unknown category 'blogs'"),
+    ({"inputs": [{"path": "/"}]}, "inputs[0]: set either category"),
+    ({"inputs": [{"path": "/", "category": "web", "colour": 1}]}, "inputs[0].colour: unknown key"),
+    ({"inputs": [{"path": "/", "category": "web", "format": "csv"}]}, "inputs[0].format: 'csv'"),
+    ({"mixing": {"sequence_length": 1}}, "mixing.sequence_length"),
+])
+def test_bad_fields_are_named(tmp_path, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(_cfg(tmp_path, **overrides))
+    assert message in str(err.value)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("inputs: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")

@@ -1,0 +1,117 @@
+"""Read + validate + normalize without Ray: every malformed-record kind lands in quarantine."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from pipeline.config import InputSource, ReadConfig
+from pipeline.normalize import normalize_text
+from pipeline.read import read_file, stable_id
+from pipeline.sources import InputFile
+
+
+def _read(path, fmt, spec=None, **read_kwargs) -> pa.Table:
+    spec = spec or InputSource(path=str(path), category="web")
+    f = InputFile(0, 0, str(path), path.name, fmt)
+    tables = list(read_file(f, spec, ReadConfig(**read_kwargs)))
+    return pa.concat_tables(tables) if tables else None
+
+
+def _reasons(table) -> list:
+    return [r.split(":")[0] if r else None for r in table.column("reason").to_pylist()]
+
+
+def test_every_bad_record_kind_is_quarantined_with_position(tmp_path):
+    lines = [
+        json.dumps({"id": "good", "text": "Hello world, this is fine."}).encode(),
+        b'{"id": "broken", "text": "no closing brace"',
+        b'{"id": "utf8", "text": "caf\xe9"}',
+        json.dumps({"id": "missing"}).encode(),
+        json.dumps({"id": "empty", "text": "   "}).encode(),
+        json.dumps({"id": "number", "text": 42}).encode(),
+        json.dumps({"id": "list", "text": ["a", "b"]}).encode(),
+        json.dumps([1, 2, 3]).encode(),
+        json.dumps({"id": "big", "text": "x" * 5000}).encode(),
+        json.dumps({"id": "ctrl", "text": "\u0000\u0001\u0002"}).encode(),
+        b"[" * 100000 + b"]" * 100000,
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    table = _read(path, "jsonl", max_record_bytes=1000)
+    reasons = dict(zip(table.column("position").to_pylist(), _reasons(table)))
+    assert reasons == {1: None, 2: "invalid_json", 3: "invalid_utf8", 4: "missing_text", 5: "empty_text",
+                       6: "text_not_string", 7: "text_not_string", 8: "not_an_object",
+                       9: "oversized_record", 10: "empty_after_normalize", 11: "oversized_record"}
+    bad = table.filter(pa.compute.is_valid(table.column("reason")))
+    assert all(s == str(path) for s in bad.column("source").to_pylist())
+    assert all(len(r) <= ReadConfig().raw_preview_chars for r in bad.column("raw").to_pylist())
+
+
+def test_deeply_nested_json_is_invalid_not_a_crash(tmp_path):
+    path = tmp_path / "nested.jsonl"
+    path.write_text('{"text": ' + "[" * 50000 + "]" * 50000 + "}\n")
+    assert _reasons(_read(path, "jsonl")) == ["invalid_json"]
+
+
+def test_unknown_and_missing_category_from_field(tmp_path):
+    path = tmp_path / "cats.jsonl"
+    rows = [{"text": "a book", "kind": "books"}, {"text": "what", "kind": "novels"}, {"text": "none"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    spec = InputSource(path=str(path), category_field="kind")
+    table = _read(path, "jsonl", spec)
+    assert _reasons(table) == [None, "unknown_category", "missing_category"]
+    assert table.column("category").to_pylist()[:2] == ["books", "novels"]
+    assert table.column("meta")[0].as_py() is None  # the category field is consumed, nothing else left
+
+
+def test_bom_crlf_surrogates_and_stable_ids(tmp_path):
+    path = tmp_path / "crlf.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "first line"}).encode() + b"\r\n"
+                     + b'{"text": "lone \\ud800 surrogate", "extra": 1}\r\n\r\n')
+    table = _read(path, "jsonl")
+    assert _reasons(table) == [None, None]
+    assert table.column("text").to_pylist() == ["first line", "lone \ufffd surrogate"]
+    assert table.column("id").to_pylist() == [stable_id("crlf.jsonl", 1), stable_id("crlf.jsonl", 2)]
+    assert json.loads(table.column("meta")[1].as_py()) == {"extra": 1}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.gz", "jsonl.zst"])
+def test_truncated_archive_keeps_good_records_and_reports_the_break(tmp_path, fmt):
+    payload = b"".join(json.dumps({"id": str(i), "text": f"document number {i} " * 20}).encode() + b"\n"
+                       for i in range(2000))
+    data = gzip.compress(payload, mtime=0) if fmt == "jsonl.gz" else zstandard.ZstdCompressor().compress(payload)
+    path = tmp_path / f"cut.{fmt}"
+    path.write_bytes(data[: len(data) // 2])
+    table = _read(path, fmt)
+    reasons = _reasons(table)
+    assert reasons[-1] == "read_error"
+    assert reasons[:-1] and all(r is None for r in reasons[:-1])
+    assert table.column("position")[-1].as_py() == len(reasons)
+
+
+def test_binary_file_named_jsonl_is_quarantined(tmp_path):
+    path = tmp_path / "binary.jsonl"
+    path.write_bytes(bytes(range(256)) * 4)
+    table = _read(path, "jsonl")
+    assert table.num_rows >= 1 and all(r is not None for r in table.column("reason").to_pylist())
+
+
+def test_parquet_input_validates_rows(tmp_path):
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "text": ["ok text", None, ""], "lang_hint": ["x", "y", "z"]}),
+                   path)
+    table = _read(path, "parquet")
+    assert _reasons(table) == [None, "missing_text", "empty_text"]
+    assert table.column("position").to_pylist() == [0, 1, 2]
+
+
+def test_code_keeps_indentation_prose_is_tidied():
+    code = "def f(x):\r\n    return x\t# tab\u0007\n\n\n\n"
+    assert normalize_text(code, is_code=True) == "def f(x):\n    return x\t# tab"
+    prose = "  Cafe\u0301   au\tlait \n\n\n\n next\u200b line "
+    assert normalize_text(prose) == "Café au lait\n\nnext\u200b line"
