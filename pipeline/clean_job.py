@@ -30,7 +30,7 @@ from pipeline.ray_session import ray_session
 from pipeline.read import read_file
 from pipeline.schema import READ_SCHEMA, CLEANED_SCHEMA, DOC_COLUMNS, DUPLICATES_SCHEMA, NULL_PARTITION, QUARANTINE_SCHEMA
 from pipeline.sources import InputFile, list_input_files
-from pipeline.write import bucket_of, sort_rows, write_json_atomic, write_parquet_atomic
+from pipeline.write import bucket_dirs, merge_buckets, scatter_block, write_json_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -68,24 +68,6 @@ def _with_part(batch: pa.Table) -> pa.Table:
     return batch.append_column("_part", pa.array(parts, pa.string()))
 
 
-def _with_bucket(batch: pa.Table, key: str, buckets: dict[str, int] | int) -> pa.Table:
-    parts = batch.column("_part").to_pylist() if "_part" in batch.column_names else None
-    keys = batch.column(key).to_pylist()
-    values = [bucket_of(str(k), buckets if isinstance(buckets, int) else buckets[p])
-              for k, p in zip(keys, parts or [None] * len(keys))]
-    return batch.append_column("_bucket", pa.array(values, pa.int32()))
-
-
-def _write_group(group: pa.Table, out_dir: str, schema: pa.Schema, sort_keys: list[str]) -> pa.Table:
-    part = group.column("_part")[0].as_py() if "_part" in group.column_names else ""
-    bucket = group.column("_bucket")[0].as_py()
-    path = os.path.join(out_dir, part, f"part-{bucket:05d}.parquet")
-    table = sort_rows(group.select(schema.names).cast(schema), sort_keys)
-    write_parquet_atomic(table, path)
-    chars = pc.sum(group.column("n_chars")).as_py() if "n_chars" in group.column_names else 0
-    return pa.table({"path": [path], "docs": [table.num_rows], "chars": [chars or 0]})
-
-
 def _fates(batch: pa.Table, stage: str) -> pa.Table:
     """Reduce rows to (category, lang, stage, reason, n_chars) for the accounting group-by."""
     n = batch.num_rows
@@ -107,7 +89,32 @@ def _fates(batch: pa.Table, stage: str) -> pa.Table:
         else:
             stages = pa.array([accounting.KEPT] * n, pa.string())
     return pa.table({"category": cats, "lang": langs, "stage": stages, "reason": reasons,
-                     "n_chars": pc.fill_null(batch.column("n_chars"), 0)})
+                     "n_chars": _n_chars(batch)})
+
+
+def _n_chars(batch: pa.Table) -> pa.Array:
+    if "n_chars" in batch.column_names:
+        return pc.fill_null(batch.column("n_chars"), 0)
+    return pc.utf8_length(batch.column("text")).cast(pa.int64())
+
+
+def _partial_sums(batch: pa.Table, keys: list[str], value: str) -> pa.Table:
+    return batch.group_by(keys).aggregate([(value, "count"), (value, "sum")])
+
+
+def _sum_by(ds, keys: list[str], value: str) -> dict[tuple, tuple[int, int]]:
+    """(count, sum) of `value` per key: combined per block on the workers, only partials reach the driver.
+
+    Cheaper than Ray Data's group-by shuffle when the number of groups is small (here: partitions or
+    fate kinds, never documents).
+    """
+    totals: dict[tuple, list[int]] = {}
+    for row in ds.map_batches(_partial_sums, batch_format="pyarrow", fn_kwargs={"keys": keys, "value": value}) \
+            .iter_rows():
+        slot = totals.setdefault(tuple(row[k] for k in keys), [0, 0])
+        slot[0] += int(row[f"{value}_count"])
+        slot[1] += int(row[f"{value}_sum"] or 0)
+    return {k: (c, s) for k, (c, s) in totals.items()}
 
 
 # --------------------------------------------------------------------------- the job
@@ -176,11 +183,13 @@ class CleanJob:
         from pipeline.langid import LangIdStage
 
         docs = staged.map_batches(_valid_docs, batch_format="pyarrow")
-        actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        # Leave one CPU for the read tasks that feed the actors, or a small cluster deadlocks.
+        actors = max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
         labelled = docs.map_batches(
             LangIdStage,
             fn_constructor_kwargs={"model_path": self.cfg.langid.model, "threshold": self.cfg.langid.threshold},
-            batch_size=self.cfg.langid.batch_size, batch_format="pyarrow", concurrency=actors)
+            batch_size=self.cfg.langid.batch_size, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
         labelled.write_parquet(str(self.work / "labelled"))
         return ray.data.read_parquet(str(self.work / "labelled"), partitioning=None)
 
@@ -206,7 +215,7 @@ class CleanJob:
             kept.write_parquet(str(self.work / "kept"))  # materialize once: sizes, then files
         if any((self.work / "kept").glob("*.parquet")):
             kept = ray.data.read_parquet(str(self.work / "kept"), partitioning=None)
-            sizes = {r["_part"]: r["sum(n_chars)"] for r in kept.groupby("_part").sum("n_chars").take_all()}
+            sizes = {k[0]: chars for k, (_, chars) in _sum_by(kept, ["_part"], "n_chars").items()}
             target = self.cfg.write.target_file_chars
             buckets = {p: max(1, math.ceil((c or 0) / target)) for p, c in sizes.items()}
             cleaned = self._write_grouped(kept, "cleaned", CLEANED_SCHEMA, ["id", "source", "position"],
@@ -228,13 +237,20 @@ class CleanJob:
                 "read": staged.count(), "dups_dir": str(dups_dir) if has_dups else None}
 
     def _write_grouped(self, ds, name: str, schema, sort_keys, key, buckets) -> list[dict]:
-        out_dir = str(self.final / name)
-        ds = ds.map_batches(_with_bucket, batch_format="pyarrow", fn_kwargs={"key": key, "buckets": buckets})
-        group_cols = ["_part", "_bucket"] if "_part" in ds.schema().names else ["_bucket"]
-        result = ds.groupby(group_cols).map_groups(
-            _write_group, batch_format="pyarrow",
-            fn_kwargs={"out_dir": out_dir, "schema": schema, "sort_keys": sort_keys})
-        return sorted(result.take_all(), key=lambda r: r["path"])
+        """Scatter rows to hash-bucket fragments, then merge each bucket into one sorted file."""
+        import ray
+
+        frag_dir, out_dir = str(self.work / "fragments" / name), str(self.final / name)
+        ds.map_batches(scatter_block, batch_format="pyarrow", fn_kwargs={
+            "frag_dir": frag_dir, "key": key, "buckets": buckets, "schema": schema, "sort_keys": sort_keys,
+        }).materialize()
+        dirs = bucket_dirs(frag_dir)
+        if not dirs:
+            return []
+        merged = ray.data.from_items([{"dir": d} for d in dirs], override_num_blocks=len(dirs)).map_batches(
+            merge_buckets, batch_size=1, batch_format="pyarrow",
+            fn_kwargs={"frag_dir": frag_dir, "out_dir": out_dir, "schema": schema, "sort_keys": sort_keys})
+        return sorted(merged.take_all(), key=lambda r: r["path"])
 
     def _write_small(self, ds, name, schema, sort_keys, key) -> list[dict]:
         rows = ds.count()
@@ -259,11 +275,8 @@ class CleanJob:
         fates = []
         if parts:
             ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-            from ray.data.aggregate import Count, Sum
-
-            grouped = ds.groupby(["category", "lang", "stage", "reason"]).aggregate(Count(), Sum("n_chars"))
-            fates = [accounting.Fate(r["category"], r["lang"], r["stage"], r["reason"], int(r["count()"]),
-                                     int(r["sum(n_chars)"] or 0)) for r in grouped.take_all()]
+            fates = [accounting.Fate(*key, docs, chars) for key, (docs, chars)
+                     in sorted(_sum_by(ds, ["category", "lang", "stage", "reason"], "n_chars").items())]
         stats = accounting.build_stats(fates)
         identity = accounting.check_identity(
             read=written["read"],

@@ -54,3 +54,67 @@ def bucket_of(key: str, buckets: int) -> int:
 
 def sort_rows(table: pa.Table, keys: list[str]) -> pa.Table:
     return table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys], null_placement="at_start"))
+
+
+# --------------------------------------------------------------------------- file-based shuffle
+# Rows are scattered by (partition, bucket) into fragment files, then each bucket's fragments are
+# merged, sorted and written as one final file. Fragments are named by a digest of their rows, so a
+# retried task overwrites its own fragments instead of adding a second copy.
+
+
+def _fragment_name(table: pa.Table, sort_keys: list[str]) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for key in sort_keys:
+        for value in table.column(key).to_pylist():
+            h.update(repr(value).encode("utf-8", "surrogatepass"))
+            h.update(b"\0")
+    return h.hexdigest()
+
+
+def scatter_block(block: pa.Table, frag_dir: str, key: str, buckets, schema: pa.Schema,
+                  sort_keys: list[str]) -> pa.Table:
+    """Write one block's rows as fragments under frag_dir/<_part>/b<bucket>/; returns the row count.
+
+    `buckets` is an int, or a dict mapping each `_part` value to its bucket count.
+    """
+    n = block.num_rows
+    parts = block.column("_part").to_pylist() if "_part" in block.column_names else [""] * n
+    keys = block.column(key).to_pylist()
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, (part, k) in enumerate(zip(parts, keys)):
+        count = buckets if isinstance(buckets, int) else buckets[part]
+        groups.setdefault((part, bucket_of(str(k), count)), []).append(i)
+    body = block.select(schema.names).cast(schema)
+    for (part, bucket), rows in sorted(groups.items()):
+        sub = body.take(pa.array(rows, pa.int64()))
+        write_parquet_atomic(sub, os.path.join(frag_dir, part, f"b{bucket:05d}", _fragment_name(sub, sort_keys)
+                                               + ".parquet"))
+    return pa.table({"rows": [n]})
+
+
+def merge_buckets(batch: pa.Table, frag_dir: str, out_dir: str, schema: pa.Schema,
+                  sort_keys: list[str]) -> pa.Table:
+    """For each bucket directory in `batch["dir"]`, merge its fragments into one sorted final file."""
+    paths, docs = [], []
+    for rel in batch.column("dir").to_pylist():
+        src = os.path.join(frag_dir, rel)
+        frags = sorted(f for f in os.listdir(src) if f.endswith(".parquet") and not f.startswith("."))
+        table = pa.concat_tables([pq.read_table(os.path.join(src, f), schema=schema) for f in frags])
+        part, bucket = os.path.split(rel)
+        path = os.path.join(out_dir, part, f"part-{int(bucket[1:]):05d}.parquet")
+        write_parquet_atomic(sort_rows(table, sort_keys), path)
+        paths.append(path)
+        docs.append(table.num_rows)
+    return pa.table({"path": paths, "docs": pa.array(docs, pa.int64())})
+
+
+def bucket_dirs(frag_dir: str) -> list[str]:
+    """Relative paths of the bucket directories a scatter produced (names only: cheap on the driver)."""
+    out = []
+    for dirpath, dirnames, _ in os.walk(frag_dir):
+        dirnames.sort()
+        out.extend(os.path.relpath(os.path.join(dirpath, d), frag_dir) for d in dirnames if d.startswith("b")
+                   and d[1:].isdigit())
+    return sorted(out)
