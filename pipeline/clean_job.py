@@ -187,7 +187,8 @@ class CleanJob:
         actors = max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
         labelled = docs.map_batches(
             LangIdStage,
-            fn_constructor_kwargs={"model_path": self.cfg.langid.model, "threshold": self.cfg.langid.threshold},
+            fn_constructor_kwargs={"model_path": self.cfg.langid.model, "threshold": self.cfg.langid.threshold,
+                                   "rules": self.cfg.langid.rules},
             batch_size=self.cfg.langid.batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
         labelled.write_parquet(str(self.work / "labelled"))

@@ -10,7 +10,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = (REPO / ".." / "shared").resolve()
 
 # Ray on a 2-core CI box: small object store, no dashboard, quiet.
-RAY_TEST_KWARGS = dict(num_cpus=2, object_store_memory=200 * 1024 * 1024, include_dashboard=False,
+# address="local": always a fresh local Ray, never one another process left running on the machine.
+RAY_TEST_KWARGS = dict(address="local", num_cpus=2, object_store_memory=200 * 1024 * 1024, include_dashboard=False,
                        log_to_driver=False, configure_logging=False)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")

@@ -1,0 +1,195 @@
+"""Exact and MinHash near-duplicate removal: the pure steps, over Arrow tables, without Ray.
+
+The Ray layer (`pipeline.dedup_ray`) moves tables between these steps through hash-partitioned
+Parquet files; every step here sees one partition and returns what goes to the next one.
+
+* Exact: key = xxh3-128 of the document text as the normalize stage left it (NFC, control characters
+  removed, whitespace tidied; no case folding, which would merge code that differs in case). All
+  documents with one key meet in one partition; the smallest id survives.
+* Near: signatures -> band keys (band index + hash of the band's rows) -> within each band bucket, a
+  star edge from every member to the bucket's smallest id, kept only if the two signatures agree on
+  at least `threshold` of their positions (estimated Jaccard; this cuts LSH false positives before
+  they can chain clusters together) -> min-label propagation over the edges until no label changes
+  -> every document whose component label (= smallest id in its component) is not itself is removed
+  as a duplicate *of that survivor*.
+Ids are compared as strings (code-point order), so the survivor does not depend on arrival order.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from pipeline.minhash import MinHasher, mix_rows
+
+__all__ = [
+    "MinHasher", "DUPLICATE_SCHEMA", "EDGE_SCHEMA", "LABEL_SCHEMA", "MESSAGE_SCHEMA",
+    "partition_of", "exact_keys", "exact_survivors", "band_table", "bucket_edges",
+    "initial_labels", "label_messages", "relabel", "split_duplicates",
+]
+
+# Removed documents, with what the clean job's statistics need.
+DUPLICATE_SCHEMA = pa.schema([
+    ("id", pa.string()), ("duplicate_of", pa.string()), ("stage", pa.string()),
+    ("category", pa.string()), ("lang", pa.string()), ("n_chars", pa.int64()),
+])
+EDGE_SCHEMA = pa.schema([("src", pa.string()), ("dst", pa.string())])
+LABEL_SCHEMA = pa.schema([("node", pa.string()), ("label", pa.string()), ("changed", pa.bool_())])
+MESSAGE_SCHEMA = pa.schema([("node", pa.string()), ("label", pa.string())])
+
+
+def partition_of(values: pa.Array, num_partitions: int) -> np.ndarray:
+    """Hash partition (0..num_partitions-1) of each string or binary value; stable across runs."""
+    digests = np.fromiter((xxhash.xxh3_64_intdigest(v) for v in _as_bytes(values)), dtype=np.uint64,
+                          count=len(values))
+    return (digests % np.uint64(num_partitions)).astype(np.int64)
+
+
+def _as_bytes(values: pa.Array):
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        return (v.encode("utf-8") for v in values.to_pylist())
+    return values.to_pylist()
+
+
+def _check_ids(table: pa.Table) -> None:
+    if table.column("id").null_count:
+        raise ValueError("dedup: documents need a non-null string id")
+
+
+# --------------------------------------------------------------------------- exact
+
+
+def exact_keys(texts: pa.Array) -> pa.Array:
+    """16-byte content key per text (xxh3-128 of its UTF-8 bytes)."""
+    if texts.null_count:
+        raise ValueError("exact dedup: text must not be null")
+    return pa.array([xxhash.xxh3_128_digest(t.encode("utf-8")) for t in texts.to_pylist()],
+                    type=pa.binary())
+
+
+def exact_survivors(docs: pa.Table, key_column: str = "_key") -> tuple[pa.Table, pa.Table]:
+    """Split one key partition into kept documents (smallest id per key, sorted by id, without the
+    key column) and duplicates (`DUPLICATE_SCHEMA`, stage "exact", duplicate_of = that smallest id)."""
+    _check_ids(docs)
+    narrow = pa.table({key_column: docs.column(key_column), "id": docs.column("id"), "_row": np.arange(docs.num_rows)})
+    firsts = narrow.group_by(key_column).aggregate([("id", "min")]).rename_columns([key_column, "_survivor"])
+    survivor = _in_row_order(narrow.join(firsts, key_column)).column("_survivor")
+    is_dup = pc.not_equal(docs.column("id"), survivor)
+    kept = docs.filter(pc.invert(is_dup)).drop_columns([key_column]).sort_by("id")
+    return kept, _duplicates(docs.filter(is_dup), survivor.filter(is_dup), "exact")
+
+
+def _in_row_order(joined: pa.Table) -> pa.Table:
+    """Joins do not keep row order; the narrow tables carry `_row` to restore it (so only the id and
+    key columns go through the join, whatever types the other columns have)."""
+    return joined.sort_by("_row")
+
+
+def _duplicates(docs: pa.Table, duplicate_of: pa.ChunkedArray, stage: str) -> pa.Table:
+    n = docs.num_rows
+    out = pa.table({
+        "id": docs.column("id"),
+        "duplicate_of": duplicate_of,
+        "stage": pa.array([stage] * n, type=pa.string()),
+        "category": docs.column("category") if "category" in docs.column_names else pa.nulls(n, pa.string()),
+        "lang": docs.column("lang") if "lang" in docs.column_names else pa.nulls(n, pa.string()),
+        "n_chars": pc.utf8_length(docs.column("text")).cast(pa.int64()),
+    })
+    return out.cast(DUPLICATE_SCHEMA).sort_by("id")
+
+
+# --------------------------------------------------------------------------- near: bands and edges
+
+
+def band_table(ids: pa.Array, signatures: np.ndarray, bands: int, rows: int) -> pa.Table:
+    """One row per (document, band): `band_key` (uint64 hash of band index + the band's rows), `id`,
+    and the whole signature as `sig` (fixed_size_list<uint32>) for verifying candidates later."""
+    n, num_perm = signatures.shape
+    if bands * rows > num_perm:
+        raise ValueError(f"{bands} bands x {rows} rows need {bands * rows} permutations, have {num_perm}")
+    keys = np.empty((n, bands), dtype=np.uint64)
+    for b in range(bands):
+        band = signatures[:, b * rows:(b + 1) * rows]
+        keys[:, b] = mix_rows(np.hstack([np.full((n, 1), b, dtype=np.uint64), band]))
+    sig32 = signatures.astype(np.uint32)
+    flat_sigs = pa.FixedSizeListArray.from_arrays(pa.array(np.repeat(sig32, bands, axis=0).ravel()), num_perm)
+    return pa.table({
+        "band_key": pa.array(keys.ravel()),
+        "id": ids.take(pa.array(np.repeat(np.arange(n), bands))).cast(pa.string()),
+        "sig": flat_sigs,
+    })
+
+
+def bucket_edges(bands: pa.Table, threshold: float) -> pa.Table:
+    """Star edges (src -> dst = the bucket's smallest id) of every band bucket with several documents,
+    kept where the signatures agree on >= threshold of positions; deduplicated, sorted."""
+    if bands.num_rows == 0:
+        return EDGE_SCHEMA.empty_table()
+    bands = bands.sort_by([("band_key", "ascending"), ("id", "ascending")])
+    keys = bands.column("band_key").to_numpy()
+    starts = np.r_[True, keys[1:] != keys[:-1]]
+    head = np.maximum.accumulate(np.where(starts, np.arange(len(keys)), 0))  # row of each bucket's min id
+    member = np.flatnonzero(~starts)
+    if member.size == 0:
+        return EDGE_SCHEMA.empty_table()
+    sig = bands.column("sig").combine_chunks()
+    sig = sig.values.to_numpy().reshape(len(sig), sig.type.list_size)
+    agree = (sig[member] == sig[head[member]]).mean(axis=1)
+    member = member[agree >= threshold]
+    ids = bands.column("id")
+    edges = pa.table({"src": ids.take(member), "dst": ids.take(head[member])}, schema=EDGE_SCHEMA)
+    return edges.group_by(["src", "dst"]).aggregate([]).sort_by([("src", "ascending"), ("dst", "ascending")])
+
+
+# --------------------------------------------------------------------------- near: components
+
+
+def initial_labels(edges: pa.Table) -> pa.Table:
+    """Every edge source labelled with itself, marked changed so that it sends its label once.
+    Edges are stored in both directions, partitioned by `src`, so each node appears here exactly once."""
+    nodes = pc.unique(edges.column("src")).sort()
+    return pa.table({"node": nodes, "label": nodes, "changed": pa.array([True] * len(nodes))},
+                    schema=LABEL_SCHEMA)
+
+
+def label_messages(edges: pa.Table, labels: pa.Table) -> pa.Table:
+    """The label of every node that changed in the last round, sent along its edges to `dst`."""
+    changed = labels.filter(labels.column("changed")).select(["node", "label"])
+    sent = edges.join(changed, "src", right_keys="node").select(["dst", "label"])
+    return sent.rename_columns(["node", "label"]).cast(MESSAGE_SCHEMA)
+
+
+def relabel(labels: pa.Table, messages: pa.Table) -> tuple[pa.Table, int]:
+    """Each node takes the smallest of its label and the labels sent to it; returns the new labels
+    (sorted by node) and how many changed."""
+    if messages.num_rows == 0:
+        out = labels.set_column(2, "changed", pa.array([False] * labels.num_rows))
+        return out.sort_by("node"), 0
+    best = messages.group_by("node").aggregate([("label", "min")]).rename_columns(["node", "incoming"])
+    joined = labels.join(best, "node", join_type="left outer")
+    incoming = joined.column("incoming")
+    smaller = pc.fill_null(pc.less(incoming, joined.column("label")), False)
+    new = pa.table({
+        "node": joined.column("node"),
+        "label": pc.if_else(smaller, incoming, joined.column("label")),
+        "changed": smaller,
+    }, schema=LABEL_SCHEMA).sort_by("node")
+    return new, int(pc.sum(smaller).as_py() or 0)
+
+
+def split_duplicates(docs: pa.Table, labels: Optional[pa.Table]) -> tuple[pa.Table, pa.Table]:
+    """Kept documents (sorted by id) and duplicates (stage "minhash", duplicate_of = the component's
+    smallest id) of one id partition, given the final labels of that partition's nodes."""
+    _check_ids(docs)
+    if labels is None or labels.num_rows == 0:
+        return docs.sort_by("id"), DUPLICATE_SCHEMA.empty_table()
+    removed = labels.filter(pc.not_equal(labels.column("node"), labels.column("label"))).select(["node", "label"])
+    narrow = pa.table({"id": docs.column("id"), "_row": np.arange(docs.num_rows)})
+    label = _in_row_order(narrow.join(removed, "id", right_keys="node", join_type="left outer")).column("label")
+    is_dup = pc.is_valid(label)
+    kept = docs.filter(pc.invert(is_dup)).sort_by("id")
+    dups = docs.filter(is_dup)
+    return kept, _duplicates(dups, label.filter(is_dup), "minhash")

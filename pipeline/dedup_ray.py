@@ -1,0 +1,270 @@
+"""Exact and MinHash dedup on Ray: the steps of `pipeline.dedup` wired through hash-partitioned files.
+
+Every grouping goes through Parquet files under ``work_dir`` (shared storage), never through actor
+state or the driver: one Ray Data pass writes each batch's rows into ``<step>/p=<partition>/`` pieces
+named by their content (so a retried task rewrites the same files), then one Ray task per partition
+reads its pieces and writes its result. The driver only sees counts and schemas.
+
+Exact:  docs -> pieces by hash(text key) -> per partition: smallest id per key survives.
+Near:   docs -> pieces by hash(id)  +  band rows -> pieces by hash(band key)
+        -> per band partition: verified star edges, written both ways by hash(src)
+        -> rounds of min-label propagation (messages by hash(dst), labels by hash(node)) until no
+           label changes -> per id partition (docs and labels share the partitioning): kept / removed.
+Outputs are one file per partition, sorted by id: the same bytes for any block count, worker count
+or input order.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import xxhash
+
+from pipeline import dedup
+from pipeline.config import DedupConfig
+from pipeline.minhash import MinHasher, lsh_params
+
+log = logging.getLogger(__name__)
+
+_KEY = "_key"
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _part_dir(root: Path, step: str, p: int) -> Path:
+    return root / step / f"p={p:05d}"
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _write_pieces(table: pa.Table, parts: np.ndarray, root: Path, step: str, name: Optional[str] = None) -> None:
+    """Split `table` by partition and write each non-empty piece as `<step>/p=<partition>/<name>.parquet`;
+    without a name, by a hash of its ids, so a retried task overwrites its own pieces instead of adding more."""
+    for p in np.unique(parts):
+        piece = table.filter(pa.array(parts == p))
+        stem = name or xxhash.xxh3_64_hexdigest("\0".join(piece.column("id").to_pylist()).encode("utf-8"))
+        _write_atomic(piece, _part_dir(root, step, int(p)) / f"{stem}.parquet")
+
+
+def _read_partition(root: Path, step: str, p: int, schema: pa.Schema) -> pa.Table:
+    folder = _part_dir(root, step, p)
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if not files:
+        return schema.empty_table()
+    tables = [pq.read_table(f) for f in files]
+    return pa.concat_tables(tables, promote_options="permissive").cast(schema)
+
+
+def _fresh_dir(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def _check_columns(ds: ray.data.Dataset, stage: str) -> None:
+    names = ds.columns()
+    missing = [c for c in ("id", "text") if c not in names]
+    if missing:
+        raise ValueError(f"{stage} dedup: input has no {', '.join(missing)} column (columns: {', '.join(names)})")
+
+
+def _unified_schema(stats: list[dict]) -> pa.Schema:
+    """The input schema as every batch saw it (a column null in one batch is typed by the others)."""
+    schemas = {s["schema"] for s in stats}
+    return pa.unify_schemas([pa.ipc.read_schema(pa.py_buffer(s)) for s in sorted(schemas)],
+                            promote_options="permissive")
+
+
+def _empty_schema(ds: ray.data.Dataset) -> pa.Schema:
+    schema = ds.schema()
+    return schema.base_schema if schema is not None else pa.schema([("id", pa.string()), ("text", pa.string())])
+
+
+def _batch_stats(table: pa.Table) -> pa.Table:
+    return pa.table({"rows": [table.num_rows], "schema": [table.schema.serialize().to_pybytes()]})
+
+
+def _run(fn: Callable, args: list[tuple], desc: str) -> list:
+    """Run one Ray task per argument tuple, with a progress bar; results in argument order."""
+    from tqdm import tqdm
+
+    refs = [fn.remote(*a) for a in args]
+    index = {ref: i for i, ref in enumerate(refs)}
+    results: list = [None] * len(refs)
+    pending = list(refs)
+    with tqdm(total=len(refs), desc=desc, unit="part", leave=False) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                results[index[ref]] = ray.get(ref)
+                bar.update(1)
+    return results
+
+
+def _read_result(folder: Path) -> ray.data.Dataset:
+    return ray.data.read_parquet(str(folder), file_extensions=["parquet"], partitioning=None)
+
+
+# --------------------------------------------------------------------------- exact
+
+
+def _exact_map(batch: pa.Table, root: str, num_partitions: int) -> pa.Table:
+    keys = dedup.exact_keys(batch.column("text").combine_chunks())
+    table = batch.append_column(_KEY, keys)
+    _write_pieces(table, dedup.partition_of(keys, num_partitions), Path(root), "docs")
+    return _batch_stats(batch)
+
+
+@ray.remote(num_cpus=1)
+def _exact_partition(root: str, p: int, schema: pa.Schema) -> tuple[int, int]:
+    root = Path(root)
+    docs = _read_partition(root, "docs", p, schema.append(pa.field(_KEY, pa.binary())))
+    kept, dups = dedup.exact_survivors(docs, _KEY)
+    _write_atomic(kept, root / "kept" / f"part-{p:05d}.parquet")
+    _write_atomic(dups, root / "duplicates" / f"part-{p:05d}.parquet")
+    return kept.num_rows, dups.num_rows
+
+
+def exact_dedup(ds: ray.data.Dataset, cfg: DedupConfig, work_dir: str) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """(kept documents with the input's columns, duplicates with `dedup.DUPLICATE_SCHEMA`):
+    one survivor (the smallest id) per distinct text, across the whole dataset."""
+    _check_columns(ds, "exact")
+    root = _fresh_dir(Path(work_dir) / "exact")
+    P = cfg.num_partitions
+    stats = ds.map_batches(_exact_map, fn_kwargs=dict(root=str(root), num_partitions=P),
+                           batch_format="pyarrow").take_all()
+    schema = _unified_schema(stats) if stats else _empty_schema(ds)
+    counts = _run(_exact_partition, [(str(root), p, schema) for p in range(P)], "exact dedup")
+    shutil.rmtree(root / "docs", ignore_errors=True)
+    log.info("exact dedup: %d documents, %d duplicates removed",
+             sum(k + d for k, d in counts), sum(d for _, d in counts))
+    return _read_result(root / "kept"), _read_result(root / "duplicates")
+
+
+# --------------------------------------------------------------------------- near
+
+
+@functools.lru_cache(maxsize=4)
+def _hasher(num_perm: int, ngram: int, seed: int, char_ngram: int) -> MinHasher:
+    return MinHasher(num_perm=num_perm, ngram=ngram, seed=seed, char_ngram=char_ngram)
+
+
+def _near_map(batch: pa.Table, cfg: DedupConfig, bands: int, rows: int, root: str) -> pa.Table:
+    root_path, P = Path(root), cfg.num_partitions
+    ids = batch.column("id").combine_chunks()
+    _write_pieces(batch, dedup.partition_of(ids, P), root_path, "docs")
+    langs = batch.column("lang").to_pylist() if "lang" in batch.column_names else None
+    sigs = _hasher(cfg.num_perm, cfg.ngram, cfg.seed, cfg.char_ngram).signatures(
+        batch.column("text").to_pylist(), langs)
+    table = dedup.band_table(ids, sigs, bands, rows)
+    parts = (table.column("band_key").to_numpy() % np.uint64(P)).astype(np.int64)  # already a hash
+    _write_pieces(table, parts, root_path, "bands")
+    return _batch_stats(batch)
+
+
+def _band_schema(num_perm: int) -> pa.Schema:
+    return pa.schema([("band_key", pa.uint64()), ("id", pa.string()), ("sig", pa.list_(pa.uint32(), num_perm))])
+
+
+@ray.remote(num_cpus=1)
+def _near_edges(root: str, p: int, num_partitions: int, num_perm: int, threshold: float) -> int:
+    """Verified star edges of band partition `p`, written in both directions by hash(src)."""
+    root = Path(root)
+    edges = dedup.bucket_edges(_read_partition(root, "bands", p, _band_schema(num_perm)), threshold)
+    both = pa.concat_tables([edges, edges.select(["dst", "src"]).rename_columns(["src", "dst"])])
+    _write_pieces(both, dedup.partition_of(both.column("src").combine_chunks(), num_partitions), root, "edges",
+                  name=f"from-{p:05d}")
+    return edges.num_rows
+
+
+@ray.remote(num_cpus=1)
+def _near_init_labels(root: str, q: int) -> int:
+    root = Path(root)
+    labels = dedup.initial_labels(_read_partition(root, "edges", q, dedup.EDGE_SCHEMA))
+    _write_atomic(labels, _part_dir(root, "labels-0", q) / "labels.parquet")
+    return labels.num_rows
+
+
+@ray.remote(num_cpus=1)
+def _near_messages(root: str, p: int, rnd: int, num_partitions: int) -> int:
+    """Round `rnd`, sending side: labels of partition `p` that changed, along its edges, by hash(dst)."""
+    root = Path(root)
+    messages = dedup.label_messages(_read_partition(root, "edges", p, dedup.EDGE_SCHEMA),
+                                    _read_partition(root, f"labels-{rnd}", p, dedup.LABEL_SCHEMA))
+    _write_pieces(messages, dedup.partition_of(messages.column("node").combine_chunks(), num_partitions), root,
+                  f"messages-{rnd}", name=f"from-{p:05d}")
+    return messages.num_rows
+
+
+@ray.remote(num_cpus=1)
+def _near_relabel(root: str, q: int, rnd: int) -> int:
+    """Round `rnd`, receiving side: new labels of partition `q`; returns how many changed."""
+    root = Path(root)
+    labels, changed = dedup.relabel(_read_partition(root, f"labels-{rnd}", q, dedup.LABEL_SCHEMA),
+                                    _read_partition(root, f"messages-{rnd}", q, dedup.MESSAGE_SCHEMA))
+    _write_atomic(labels, _part_dir(root, f"labels-{rnd + 1}", q) / "labels.parquet")
+    return changed
+
+
+@ray.remote(num_cpus=1)
+def _near_split(root: str, p: int, rnd: int, schema: pa.Schema) -> tuple[int, int]:
+    root = Path(root)
+    kept, dups = dedup.split_duplicates(_read_partition(root, "docs", p, schema),
+                                        _read_partition(root, f"labels-{rnd}", p, dedup.LABEL_SCHEMA))
+    _write_atomic(kept, root / "kept" / f"part-{p:05d}.parquet")
+    _write_atomic(dups, root / "duplicates" / f"part-{p:05d}.parquet")
+    return kept.num_rows, dups.num_rows
+
+
+def _propagate_labels(root: Path, P: int, max_iterations: int) -> int:
+    """Min-label propagation until no label changes; returns the round whose labels are final."""
+    _run(_near_init_labels, [(str(root), q) for q in range(P)], "near dedup: labels")
+    for rnd in range(max_iterations):
+        _run(_near_messages, [(str(root), p, rnd, P) for p in range(P)], f"near dedup: round {rnd + 1} send")
+        changed = sum(_run(_near_relabel, [(str(root), q, rnd) for q in range(P)],
+                           f"near dedup: round {rnd + 1} receive"))
+        shutil.rmtree(root / f"messages-{rnd}", ignore_errors=True)
+        shutil.rmtree(root / f"labels-{rnd}", ignore_errors=True)
+        log.info("near dedup: round %d, %d labels changed", rnd + 1, changed)
+        if changed == 0:
+            return rnd + 1
+    raise RuntimeError(
+        f"near dedup: connected components did not converge in {max_iterations} label-propagation rounds "
+        f"(dedup.max_iterations); raise it, or check for very long chains of near duplicates")
+
+
+def near_dedup(ds: ray.data.Dataset, cfg: DedupConfig, work_dir: str) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """(kept documents with the input's columns, duplicates with `dedup.DUPLICATE_SCHEMA`): one survivor
+    (the smallest id) per connected component of MinHash-LSH candidates verified at `cfg.threshold`."""
+    _check_columns(ds, "near")
+    root = _fresh_dir(Path(work_dir) / "near")
+    P = cfg.num_partitions
+    bands, rows = lsh_params(cfg.threshold, cfg.num_perm)
+    stats = ds.map_batches(_near_map, fn_kwargs=dict(cfg=cfg, bands=bands, rows=rows, root=str(root)),
+                           batch_format="pyarrow").take_all()
+    schema = _unified_schema(stats) if stats else _empty_schema(ds)
+    edges = sum(_run(_near_edges, [(str(root), p, P, cfg.num_perm, cfg.threshold) for p in range(P)],
+                     "near dedup: band buckets"))
+    final = _propagate_labels(root, P, cfg.max_iterations)
+    counts = _run(_near_split, [(str(root), p, final, schema) for p in range(P)], "near dedup: split")
+    for step in ("docs", "bands", "edges", f"labels-{final}"):
+        shutil.rmtree(root / step, ignore_errors=True)
+    log.info("near dedup: %d bands x %d rows, %d candidate edges, %d documents, %d duplicates removed",
+             bands, rows, edges, sum(k + d for k, d in counts), sum(d for _, d in counts))
+    return _read_result(root / "kept"), _read_result(root / "duplicates")

@@ -1,0 +1,113 @@
+"""The pure dedup steps (no Ray): exact survivors, band buckets, label propagation, the final split."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline import dedup
+from pipeline.minhash import MinHasher
+
+
+def _docs(ids, texts, lang="en"):
+    # `tags` (a list column) rides along: joins only ever see the id and key columns
+    return pa.table({"id": ids, "text": texts, "category": ["web"] * len(ids), "lang": [lang] * len(ids),
+                     "tags": [[i] for i in range(len(ids))]})
+
+
+def test_partition_of_is_stable_and_in_range():
+    values = pa.array([f"id{i}" for i in range(1000)])
+    parts = dedup.partition_of(values, 7)
+    assert parts.min() >= 0 and parts.max() == 6
+    np.testing.assert_array_equal(parts, dedup.partition_of(values, 7))
+    assert len(set(parts.tolist())) == 7
+
+
+def test_exact_survivor_is_the_smallest_id_whatever_the_order():
+    texts = ["same", "other", "same", "same", "other"]
+    ids = ["d3", "d9", "d1", "d2", "a0"]
+    docs = _docs(ids, texts)
+    for order in ([0, 1, 2, 3, 4], [4, 3, 2, 1, 0]):
+        table = docs.take(order)
+        table = table.append_column("_key", dedup.exact_keys(table.column("text").combine_chunks()))
+        kept, dups = dedup.exact_survivors(table)
+        assert kept.column_names == docs.column_names
+        assert kept.column("id").to_pylist() == ["a0", "d1"] and kept.column("tags").to_pylist() == [[4], [2]]
+        assert dups.schema == dedup.DUPLICATE_SCHEMA
+        assert dups.to_pydict() == {"id": ["d2", "d3", "d9"], "duplicate_of": ["d1", "d1", "a0"],
+                                    "stage": ["exact"] * 3, "category": ["web"] * 3, "lang": ["en"] * 3,
+                                    "n_chars": [4, 4, 5]}
+
+
+def test_exact_keys_see_every_character():
+    keys = dedup.exact_keys(pa.array(["a b", "a  b", "A b", "a b"])).to_pylist()
+    assert keys[0] == keys[3] and len({keys[0], keys[1], keys[2]}) == 3
+    with pytest.raises(ValueError, match="null"):
+        dedup.exact_keys(pa.array(["x", None]))
+
+
+def test_bucket_edges_star_to_smallest_id_and_verified():
+    # Three documents in one bucket: two agree on every position, the third on only 20%.
+    sig = np.tile(np.arange(10, dtype=np.uint64), (3, 1))
+    sig[2, 2:] += 100
+    table = dedup.band_table(pa.array(["c", "a", "b"]), sig, bands=1, rows=2)
+    assert table.num_rows == 3 and len(set(table.column("band_key").to_pylist())) == 1
+    assert dedup.bucket_edges(table, 0.8).to_pydict() == {"src": ["c"], "dst": ["a"]}
+    assert dedup.bucket_edges(table, 0.1).to_pydict() == {"src": ["b", "c"], "dst": ["a", "a"]}
+
+
+def test_band_table_rejects_too_few_permutations():
+    with pytest.raises(ValueError, match="permutations"):
+        dedup.band_table(pa.array(["a"]), np.zeros((1, 8), dtype=np.uint64), bands=3, rows=3)
+
+
+def _components(edges: pa.Table, max_rounds=20) -> dict:
+    """Label propagation in one partition, as the Ray layer runs it per partition."""
+    both = pa.concat_tables([edges, edges.select(["dst", "src"]).rename_columns(["src", "dst"])])
+    labels = dedup.initial_labels(both)
+    for _ in range(max_rounds):
+        labels, changed = dedup.relabel(labels, dedup.label_messages(both, labels))
+        if not changed:
+            return dict(zip(labels.column("node").to_pylist(), labels.column("label").to_pylist()))
+    raise AssertionError("did not converge")
+
+
+def test_transitive_chains_collapse_to_one_component():
+    # a~b and b~c (star edges from two buckets), plus a long chain and a separate pair.
+    chain = [f"n{i:02d}" for i in range(12)]
+    src = ["b", "c"] + chain[1:] + ["y"]
+    dst = ["a", "b"] + chain[:-1] + ["x"]
+    labels = _components(pa.table({"src": src, "dst": dst}, schema=dedup.EDGE_SCHEMA))
+    assert labels["a"] == labels["b"] == labels["c"] == "a"
+    assert {labels[n] for n in chain} == {"n00"}
+    assert labels["y"] == "x" and labels["x"] == "x"
+
+
+def test_split_duplicates_records_the_survivor():
+    docs = _docs(["a", "b", "c", "z"], ["t1", "t2", "t3", "t4"])
+    labels = pa.table({"node": ["a", "b", "c"], "label": ["a", "a", "a"], "changed": [False] * 3},
+                      schema=dedup.LABEL_SCHEMA)
+    kept, dups = dedup.split_duplicates(docs, labels)
+    assert kept.column("id").to_pylist() == ["a", "z"] and kept.schema == docs.schema
+    assert kept.column("tags").to_pylist() == [[0], [3]]
+    assert dups.select(["id", "duplicate_of", "stage"]).to_pydict() == {
+        "id": ["b", "c"], "duplicate_of": ["a", "a"], "stage": ["minhash", "minhash"]}
+    kept, dups = dedup.split_duplicates(docs, dedup.LABEL_SCHEMA.empty_table())
+    assert kept.num_rows == 4 and dups.num_rows == 0
+
+
+def test_null_ids_are_rejected():
+    docs = _docs([None, "b"], ["x", "x"])
+    with pytest.raises(ValueError, match="id"):
+        dedup.split_duplicates(docs, None)
+
+
+def test_near_pipeline_in_one_partition_finds_mutated_copies():
+    rng = np.random.default_rng(0)
+    base = [" ".join(f"w{x}" for x in rng.integers(0, 10**6, 200)) for _ in range(20)]
+    copies = [t.replace(t.split()[100], "changed", 1) for t in base[:5]]
+    ids = [f"base{i:02d}" for i in range(20)] + [f"copy{i:02d}" for i in range(5)]
+    sigs = MinHasher().signatures(base + copies)
+    edges = dedup.bucket_edges(dedup.band_table(pa.array(ids), sigs, 9, 13), 0.8)
+    labels = _components(edges)
+    assert labels == {**{f"copy{i:02d}": f"base{i:02d}" for i in range(5)}, **{f"base{i:02d}": f"base{i:02d}" for i in range(5)}}

@@ -1,0 +1,179 @@
+"""Exact and near dedup on a local Ray: global grouping, transitive clusters, determinism, the CLI."""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import dedup_cli
+from pipeline.config import ConfigError, DedupConfig
+from pipeline.minhash import MinHasher
+
+CFG = DedupConfig(num_partitions=4)
+
+
+def _words(rng: random.Random, n: int) -> list[str]:
+    return [f"w{rng.randrange(10**6)}" for _ in range(n)]
+
+
+def _mutate(rng: random.Random, words: list[str], k: int) -> list[str]:
+    out = list(words)
+    for pos in rng.sample(range(len(out)), k):
+        out[pos] = f"m{rng.randrange(10**9)}"
+    return out
+
+
+def _jaccard(a: str, b: str) -> float:
+    h = MinHasher()
+    sa, sb = set(h.shingles(a)), set(h.shingles(b))
+    return len(sa & sb) / len(sa | sb)
+
+
+def _corpus() -> tuple[list[dict], dict[str, str]]:
+    """Unique docs, exact copies, near copies and a transitive chain; returns rows and expected removals."""
+    rng = random.Random(42)
+    rows, expected = [], {}
+
+    def add(i, text, cat="web", lang="en", of=None):
+        rows.append({"id": i, "text": text, "category": cat, "lang": lang, "lang_score": 0.9, "source": "t"})
+        if of:
+            expected[i] = of
+
+    for i in range(60):
+        add(f"u{i:03d}", " ".join(_words(rng, 150)))
+    base = [" ".join(_words(rng, 150)) for _ in range(6)]
+    for i, t in enumerate(base):
+        add(f"b{i}", t)
+        add(f"x{i}", t, of=f"b{i}")  # exact copy
+        add(f"n{i}", " ".join(_mutate(rng, t.split(), 1)), of=f"b{i}")  # near copy
+    add("code1", "def f(x):\n    return x + 1\n" * 20, cat="code", lang=None)
+    add("code2", "def f(x):\n    return x + 1\n" * 20, cat="code", lang=None, of="code1")
+    chain = [_words(rng, 200)]
+    for _ in range(7):
+        chain.append(_mutate(rng, chain[-1], 1))
+    for i, words in enumerate(chain):
+        add(f"c{i}", " ".join(words), of="c0" if i else None)
+    assert _jaccard(" ".join(chain[0]), " ".join(chain[-1])) < 0.8  # only transitively similar
+    return rows, expected
+
+
+def _run(ray, rows, work, blocks, cfg=CFG):
+    from pipeline.dedup_ray import exact_dedup, near_dedup
+
+    ds = ray.data.from_arrow(pa.Table.from_pylist(rows)).repartition(blocks)
+    kept, exact = exact_dedup(ds, cfg, str(work))
+    kept, near = near_dedup(kept, cfg, str(work))
+    return kept, exact, near
+
+
+def _table(ds) -> pa.Table:
+    import ray
+
+    return pa.concat_tables(ray.get(ds.to_arrow_refs()))
+
+
+def test_exact_and_near_dedup_find_every_group(ray_local, tmp_path):
+    rows, expected = _corpus()
+    kept, exact, near = (_table(ds) for ds in _run(ray_local, rows, tmp_path, blocks=5))
+    removed = {r["id"]: r["duplicate_of"] for t in (exact, near) for r in t.to_pylist()}
+    assert removed == expected
+    assert {r["id"] for r in exact.to_pylist()} == {f"x{i}" for i in range(6)} | {"code2"}
+    assert set(near.column("stage").to_pylist()) == {"minhash"}
+    assert kept.num_rows == len(rows) - len(expected)
+    assert kept.schema == pa.Table.from_pylist(rows).schema  # the input's columns and types
+    code = [r for r in exact.to_pylist() if r["id"] == "code2"][0]
+    text = next(r["text"] for r in rows if r["id"] == "code2")
+    assert code["category"] == "code" and code["lang"] is None and code["n_chars"] == len(text)
+
+
+def test_output_files_are_identical_across_block_counts_and_input_order(ray_local, tmp_path):
+    rows, _ = _corpus()
+    shuffled = list(rows)
+    random.Random(1).shuffle(shuffled)
+    outputs = []
+    for name, data, blocks in (("a", rows, 1), ("b", shuffled, 7)):
+        _run(ray_local, data, tmp_path / name, blocks)
+        outputs.append({p.relative_to(tmp_path / name): p.read_bytes()
+                        for p in sorted((tmp_path / name).rglob("*.parquet"))})
+    assert outputs[0].keys() == outputs[1].keys() and len(outputs[0]) == 4 * CFG.num_partitions
+    assert outputs[0] == outputs[1]
+
+
+def test_label_propagation_that_cannot_converge_fails_clearly(ray_local, tmp_path):
+    from pipeline.dedup_ray import near_dedup
+
+    rng = random.Random(3)
+    chain = [_words(rng, 200)]
+    for _ in range(7):
+        chain.append(_mutate(rng, chain[-1], 2))
+    ds = ray_local.data.from_items([{"id": f"c{i}", "text": " ".join(w)} for i, w in enumerate(chain)])
+    with pytest.raises(RuntimeError, match="max_iterations"):
+        near_dedup(ds, DedupConfig(num_partitions=2, max_iterations=1), str(tmp_path))
+
+
+def test_missing_columns_are_named(ray_local, tmp_path):
+    from pipeline.dedup_ray import exact_dedup
+
+    with pytest.raises(ValueError, match="no text column"):
+        exact_dedup(ray_local.data.from_items([{"id": "a", "body": "x"}]), CFG, str(tmp_path))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _cli(*argv) -> int:
+    parser = argparse.ArgumentParser()
+    dedup_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["dedup", *map(str, argv)])
+    return args.func(args)
+
+
+def test_cli_end_to_end(ray_local, tmp_path, capsys):
+    rows, expected = _corpus()
+    src = tmp_path / "in.jsonl"
+    lines = [json.dumps({**r, "extra": {"k": i}}, ensure_ascii=False) + "\n" for i, r in enumerate(rows)]
+    src.write_text("".join(lines[:10]) + "\n" + "".join(lines[10:]), encoding="utf-8")  # a blank line is skipped
+    assert _cli(src, tmp_path / "out", "--threshold", "0.8", "--num-perm", "128", "--ngram", "5",
+                "--num-partitions", "3") == 0
+    kept = (tmp_path / "out" / "kept.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    assert kept == [line for line, r in zip(lines, rows) if r["id"] not in expected]  # unchanged, in order
+    dups = pq.read_table(tmp_path / "out" / "duplicates.parquet")
+    assert dups.column_names == ["id", "duplicate_of", "stage"]
+    assert dict(zip(dups.column("id").to_pylist(), dups.column("duplicate_of").to_pylist())) == expected
+    assert "exact" in capsys.readouterr().out
+    assert not (tmp_path / "out" / ".work").exists()
+
+
+@pytest.mark.parametrize("records,message", [
+    ([{"id": "a", "text": "x"}, {"id": "a", "text": "y"}], "duplicate id 'a'"),
+    ([{"text": "x"}], "missing or invalid `id`"),
+    ([{"id": "a", "text": 3}], "non-string `text`"),
+])
+def test_cli_rejects_bad_ids_and_texts(tmp_path, records, message):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(ConfigError, match=message):
+        _cli(src, tmp_path / "out")
+
+
+def test_cli_rejects_bad_json_and_flags(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": "a", "text": "x"}\n{oops\n')
+    with pytest.raises(ConfigError, match=r"in.jsonl:2: not valid JSON"):
+        _cli(src, tmp_path / "out")
+    with pytest.raises(ConfigError, match="dedup.threshold"):
+        _cli(src, tmp_path / "out", "--threshold", "1.5")
+    with pytest.raises(ConfigError, match="no such file"):
+        _cli(tmp_path / "missing.jsonl", tmp_path / "out")
+
+
+def test_cli_on_an_empty_file(ray_local, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n")
+    assert _cli(src, tmp_path / "out", "--num-partitions", "2") == 0
+    assert (tmp_path / "out" / "kept.jsonl").read_text() == ""
+    assert pq.read_table(tmp_path / "out" / "duplicates.parquet").num_rows == 0
