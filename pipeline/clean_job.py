@@ -99,7 +99,8 @@ def _n_chars(batch: pa.Table) -> pa.Array:
 
 
 def _partial_sums(batch: pa.Table, keys: list[str], value: str) -> pa.Table:
-    return batch.group_by(keys).aggregate([(value, "count"), (value, "sum")])
+    # use_threads=False: Arrow's threaded group-by can fail inside CPU-limited Ray workers.
+    return batch.group_by(keys, use_threads=False).aggregate([(value, "count"), (value, "sum")])
 
 
 def _sum_by(ds, keys: list[str], value: str) -> dict[tuple, tuple[int, int]]:

@@ -98,6 +98,17 @@ def cmd_demo(args) -> int:
     if args.address:
         cfg.ray.address = args.address
     summary = run_job(cfg)
+    if args.train_steps:
+        # The last link of the chain: the bundled model learns from the shards just written.
+        from model.train import TrainConfig, loss_fell, train
+
+        result = train(TrainConfig(shards=os.path.join(cfg.output, "shards"), preset="tiny",
+                                   steps=args.train_steps))
+        summary["smoke_train"] = result
+        if not loss_fell(result):
+            print(json.dumps(summary, indent=2, default=str))
+            print("xdp demo: the smoke-train loss did not fall", flush=True)
+            return 1
     print(json.dumps(summary, indent=2, default=str))
     print(f"demo outputs in {cfg.output}: cleaned/, quarantine/, duplicates/, stats.json, tokenizer/, "
           f"shards/, report/report.html")
@@ -124,4 +135,6 @@ def register(sub) -> None:
                        description="Run `xdp run` on the small multilingual demo corpus shipped in the package.")
     p.add_argument("--output", default="xdp-demo", help="output directory (default: ./xdp-demo)")
     p.add_argument("--address", help="Ray cluster to join (default: a local Ray)")
+    p.add_argument("--train-steps", type=int, default=20,
+                   help="smoke-train the tiny model on the demo shards for this many steps (0: skip; default 20)")
     p.set_defaults(func=cmd_demo)

@@ -34,7 +34,7 @@ def ray_session(cfg: Optional[RayConfig] = None) -> Iterator[None]:
         if cfg.object_store_memory is not None:
             kwargs["object_store_memory"] = cfg.object_store_memory
         log.info("starting a local Ray (num_cpus=%s)", cfg.num_cpus or os.cpu_count())
-        ray.init(**kwargs)
+        ray.init(address="local", **kwargs)  # "local": never silently join another Ray on this host
     try:
         yield
     finally:

@@ -1,0 +1,157 @@
+"""End to end on a small local Ray: sample report, determinism across file layouts, errors, CLI."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+
+import pytest
+from test_tokenizer_train import synthetic_texts
+
+from pipeline.config import Config, ConfigError, TokenizerConfig
+from tokenizer_training import cli
+from tokenizer_training.job import train_tokenizer, train_tokenizer_from_config
+
+VOCAB = 700
+# Plenty of en/zh/ru, a little hi, no Arabic at all, some code, and a language outside the table.
+DOCS = {"en": 150, "zh": 150, "ru": 100, "hi": 1, "de": 60}
+
+
+def _records(seed: int = 0) -> list[dict]:
+    records = []
+    for lang, n in DOCS.items():
+        for i, text in enumerate(synthetic_texts(lang, n, seed)):
+            records.append({"id": f"{lang}-{i}", "text": text, "lang": lang, "category": "web"})
+    for i in range(80):
+        records.append({"id": f"py-{i}", "text": f"def f{i}(x):\n    return x * {i}\n", "lang": None,
+                        "category": "code", "code_lang": "Python"})
+    for i, text in enumerate(synthetic_texts("en", 30, seed=9)):
+        records.append({"id": f"tl-{i}", "text": text, "lang": "tgl_Latn", "category": "web"})
+    return records
+
+
+def _write(path, records) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def corpus_dirs(tmp_path_factory):
+    """The same documents as one file and as three files in another order."""
+    records = _records()
+    one = tmp_path_factory.mktemp("one")
+    _write(one / "all.jsonl", records)
+    three = tmp_path_factory.mktemp("three")
+    for k in range(3):
+        _write(three / f"part-{k}.jsonl", records[::-1][k::3])
+    return one, three
+
+
+def _cfg(**kw) -> TokenizerConfig:
+    return dataclasses.replace(TokenizerConfig(vocab_size=VOCAB, sample_bytes=150_000, seed=3), **kw)
+
+
+@pytest.fixture(scope="module")
+def trained(ray_local, corpus_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok")
+    return out, train_tokenizer(str(corpus_dirs[0]), str(out), _cfg(), show_progress=False)
+
+
+def test_report_and_exact_size(trained):
+    out, report = trained
+    assert report["vocab_size"] == VOCAB
+    assert json.loads((out / "training_report.json").read_text()) == report
+    sample = report["sample"]
+    langs = sample["by_language"]
+    assert len(langs) == 42 and "tgl_Latn" not in langs  # 41 languages + code
+    assert langs["hi"]["short"] and langs["hi"]["bytes"] == langs["hi"]["available_bytes"] > 0
+    assert langs["ar"]["short"] and langs["ar"]["bytes"] == 0
+    assert not langs["en"]["short"] and 0 < langs["en"]["bytes"] < langs["en"]["available_bytes"]
+    assert langs["code"]["docs"] > 0 and set(sample["by_category"]) == {"web", "code"}
+    assert sample["bytes"] == sum(v["bytes"] for v in langs.values())
+    assert abs(sample["bytes"] - 150_000) < 15_000  # the plan fills the byte budget
+    assert report["input"]["skipped_other_languages"]["docs"] == 30
+    assert report["peak_rss_bytes"] > 0 and report["input"]["files"] == 1
+
+
+def test_same_bytes_for_another_file_layout(trained, corpus_dirs, tmp_path):
+    out, report = trained
+    train_tokenizer(str(corpus_dirs[1]), str(tmp_path), _cfg(), show_progress=False)
+    assert (tmp_path / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
+    other = json.loads((tmp_path / "training_report.json").read_text())
+    assert other["sample"]["by_language"] == report["sample"]["by_language"]
+
+
+def test_seed_changes_the_sample(ray_local, corpus_dirs, tmp_path, trained):
+    report = train_tokenizer(str(corpus_dirs[0]), str(tmp_path), _cfg(seed=4), show_progress=False)
+    assert report["sample"]["by_language"]["en"] != trained[1]["sample"]["by_language"]["en"]
+
+
+def test_warns_about_short_languages(ray_local, corpus_dirs, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="tokenizer_training.job"):
+        train_tokenizer(str(corpus_dirs[0]), str(tmp_path), _cfg(), show_progress=False)
+    assert any(r.message.startswith("hi has ") and "less than" in r.message for r in caplog.records)
+
+
+def test_too_little_text_says_how_much_more(ray_local, corpus_dirs, tmp_path):
+    with pytest.raises(ConfigError, match=r"yields only [\d,]+ of 50,000 tokens .* the sample is [\d,]+ bytes: "
+                                          r"provide roughly [\d,]+ more bytes \(--sample-bytes\)"):
+        train_tokenizer(str(corpus_dirs[0]), str(tmp_path), _cfg(vocab_size=50_000), show_progress=False)
+    with pytest.raises(ConfigError, match=r"the whole input .* provide roughly [\d,]+ more bytes of input text"):
+        train_tokenizer(str(corpus_dirs[0]), str(tmp_path), _cfg(vocab_size=50_000, sample_bytes=10**9),
+                        show_progress=False)
+    assert not (tmp_path / "tokenizer.json").exists()
+
+
+def test_memory_guard_caps_the_sample(ray_local, corpus_dirs, tmp_path):
+    from tokenizer_training.memory import RSS_PER_SAMPLE_BYTE, current_rss
+
+    budget = int(current_rss() + RSS_PER_SAMPLE_BYTE * 60_000)
+    report = train_tokenizer(str(corpus_dirs[0]), str(tmp_path), _cfg(max_memory=budget), show_progress=False)
+    assert report["sample"]["memory_capped"] and report["sample"]["capped_bytes"] < 150_000
+    assert report["sample"]["bytes"] < 100_000
+    with pytest.raises(ConfigError, match="max_memory"):
+        train_tokenizer(str(corpus_dirs[0]), str(tmp_path), _cfg(max_memory=1000), show_progress=False)
+
+
+def test_from_config(ray_local, corpus_dirs, tmp_path):
+    cfg = Config(tokenizer=_cfg(vocab_size=400))
+    assert train_tokenizer_from_config(cfg, str(corpus_dirs[0]), str(tmp_path))["vocab_size"] == 400
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="xdp")
+    cli.register(parser.add_subparsers(required=True))
+    return parser.parse_args(argv)
+
+
+def test_cli_train_and_eval(ray_local, corpus_dirs, tmp_path, capsys):
+    out = tmp_path / "tok"
+    args = _parse(["train-tokenizer", "--input", str(corpus_dirs[1] / "*.jsonl"), "--output", str(out),
+                   "--vocab-size", "500", "--sample-bytes", "0.1M", "--seed", "3"])
+    assert args.sample_bytes == 100_000
+    assert args.func(args) == 0
+    assert "500 tokens" in capsys.readouterr().out
+
+    heldout = tmp_path / "heldout.jsonl"
+    _write(heldout, [{"text": "mixed 中文 text 🎉 \x07", "lang": "en"}, {"text": "Cafe\u0301", "lang": "fr"},
+                     {"text": "def g():\n\treturn 1", "category": "code"}])
+    args = _parse(["tokenizer-eval", str(out), "--input", str(heldout), "--json"])
+    assert args.func(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["roundtrip_failures"] == 0 and report["nfc_only"] == 1
+    assert set(report["languages"]) == {"en", "fr", "code"}
+    assert report["languages"]["en"]["bytes_per_token"] > 1.0
+    assert {"LATIN", "CJK"} <= set(report["vocab_share_by_script"])
+    assert sum(report["vocab_share_by_script"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_cli_rejects_bad_values(tmp_path):
+    with pytest.raises(SystemExit):
+        _parse(["train-tokenizer", "--input", "x", "--output", "y", "--max-memory", "lots"])
+    args = _parse(["train-tokenizer", "--input", str(tmp_path), "--output", "y", "--temperature", "0"])
+    with pytest.raises(ConfigError, match="tokenizer.temperature"):
+        args.func(args)
+    args = _parse(["tokenizer-eval", str(tmp_path), "--input", str(tmp_path)])
+    with pytest.raises(ConfigError, match="no tokenizer.json"):
+        args.func(args)

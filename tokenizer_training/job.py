@@ -1,0 +1,120 @@
+"""Train the tokenizer end to end: census -> plan (capped by memory) -> streamed sample -> BPE -> directory.
+
+Used by `xdp train-tokenizer` and, through `train_tokenizer_from_config`, by `xdp run`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+from mixing.ratios import load_ratios
+from pipeline.config import Config, ConfigError, RayConfig, TokenizerConfig, validate_tokenizer
+from pipeline.ray_session import ray_session
+from tokenizer_training.memory import PeakRSS, affordable_sample_bytes, current_rss, default_max_memory
+from tokenizer_training.sample_ray import run_census, stream_sample
+from tokenizer_training.sampling import SKIPPED, SamplePlan, Tally, plan_sample, target_shares
+from tokenizer_training.sources import list_input_files
+from tokenizer_training.train import SPECIAL_TOKENS, VocabularyShortError, save_tokenizer_dir, train_bpe
+
+log = logging.getLogger(__name__)
+
+
+def _capped_sample_bytes(requested: int, max_memory: int) -> int:
+    """The requested sample, or the largest whose predicted training peak fits `max_memory`."""
+    base = current_rss()
+    affordable = affordable_sample_bytes(max_memory, base)
+    if affordable <= 0:
+        raise ConfigError(f"tokenizer.max_memory: {max_memory:,} bytes leaves no room for a sample "
+                          f"(this process alone uses {base:,})")
+    if affordable < requested:
+        log.warning("memory guard: sample capped at %s bytes (asked %s) to stay within max_memory=%s",
+                    f"{affordable:,}", f"{requested:,}", f"{max_memory:,}")
+    return min(requested, affordable)
+
+
+def _warn_short(plan: SamplePlan) -> None:
+    for bucket in plan.short:
+        log.warning("%s has %s bytes of text, less than the %s its share (%.3f%%) asks: all of it is used",
+                    bucket, f"{plan.available[bucket]:,}", f"{plan.asked[bucket]:,}", 100 * plan.shares[bucket])
+
+
+def _too_little_text(err: VocabularyShortError, plan: SamplePlan, sample: int, min_frequency: int) -> ConfigError:
+    needed = err.bytes_needed(sample)
+    if plan.exhausts_input:
+        advice = (f"the whole input in the table's languages and code is only {sample:,} bytes: "
+                  f"provide roughly {needed - sample:,} more bytes of input text")
+    else:
+        advice = f"the sample is {sample:,} bytes: provide roughly {needed - sample:,} more bytes (--sample-bytes)"
+    return ConfigError(f"tokenizer: {err} at min_frequency={min_frequency}; {advice}, or lower --vocab-size")
+
+
+def _by_language(plan: SamplePlan, sampled: Tally) -> dict:
+    return {b: {"share": round(plan.shares[b], 6), "asked_bytes": plan.asked[b],
+                "available_bytes": plan.available[b], "planned_bytes": plan.planned[b],
+                "bytes": sampled.bytes.get(b, 0), "docs": sampled.docs.get(b, 0), "short": b in plan.short}
+            for b in sorted(plan.shares)}
+
+
+def train_tokenizer(inputs: list[str] | str, output_dir: str, tok_cfg: TokenizerConfig,
+                    ray_cfg: Optional[RayConfig] = None, show_progress: bool = True) -> dict:
+    """Train and write the tokenizer directory; returns the training report."""
+    validate_tokenizer(tok_cfg)
+    ratios = load_ratios(tok_cfg.ratios)
+    files = list_input_files(inputs)
+    languages = frozenset(ratios.languages)
+    shares = target_shares(ratios, tok_cfg.temperature)
+    max_memory = tok_cfg.max_memory or default_max_memory()
+    started = time.perf_counter()
+    with PeakRSS() as peak, ray_session(ray_cfg):
+        census = run_census(files, languages)
+        census_s = time.perf_counter() - started
+        sample_bytes = _capped_sample_bytes(tok_cfg.sample_bytes, max_memory)
+        available = {b: census.buckets.bytes.get(b, 0) for b in shares}
+        plan = plan_sample(shares, available, sample_bytes, tok_cfg.seed)
+        if plan.planned_bytes == 0:
+            raise ConfigError(f"--input: no text in the table's languages or code among {len(files)} file(s)")
+        _warn_short(plan)
+        log.info("sampling %s of %s bytes from %d file(s)", f"{plan.planned_bytes:,}",
+                 f"{sum(available.values()):,}", len(files))
+        by_bucket, by_category = Tally(), Tally()
+        try:
+            tok = train_bpe(stream_sample(files, plan, languages, by_bucket, by_category),
+                            tok_cfg.vocab_size, tok_cfg.min_frequency, show_progress=show_progress)
+        except VocabularyShortError as err:
+            raise _too_little_text(err, plan, sum(by_bucket.bytes.values()), tok_cfg.min_frequency) from None
+    total_s = time.perf_counter() - started
+    skipped = census.buckets.to_dict().get(SKIPPED, {"docs": 0, "bytes": 0})
+    report = {
+        "model": "byte-level BPE",
+        "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+        "special_tokens": {t: i for i, t in enumerate(SPECIAL_TOKENS)},
+        "seed": tok_cfg.seed,
+        "temperature": tok_cfg.temperature,
+        "min_frequency": tok_cfg.min_frequency,
+        "ratios": ratios.name,
+        "input": {"files": len(files), "hash": census.input_hash, "bad_records": census.bad_records,
+                  "skipped_other_languages": skipped},
+        "sample": {
+            "requested_bytes": tok_cfg.sample_bytes,
+            "capped_bytes": sample_bytes,
+            "memory_capped": sample_bytes < tok_cfg.sample_bytes,
+            "bytes": sum(by_bucket.bytes.values()),
+            "docs": sum(by_bucket.docs.values()),
+            "short_languages": plan.short,
+            "by_language": _by_language(plan, by_bucket),
+            "by_category": by_category.to_dict(),
+        },
+        "time_s": {"census": round(census_s, 2), "total": round(total_s, 2)},
+        "peak_rss_bytes": peak.peak,
+        "max_memory_bytes": max_memory,
+    }
+    report = save_tokenizer_dir(output_dir, tok, report, model_max_length=ratios.sequence_length)
+    log.info("tokenizer with %s tokens written to %s in %.1f s (peak RSS %.0f MiB)",
+             f"{report['vocab_size']:,}", output_dir, total_s, peak.peak / 2**20)
+    return report
+
+
+def train_tokenizer_from_config(cfg: Config, input_dir: str, output_dir: str) -> dict:
+    """The `xdp run` stage: train on the cleaned Parquet in `input_dir` with `cfg.tokenizer` and `cfg.ray`."""
+    return train_tokenizer(input_dir, output_dir, cfg.tokenizer, cfg.ray)
