@@ -14,6 +14,8 @@ from pipeline.config import ConfigError
 
 COMMAND_MODULES = (
     "pipeline.commands",
+    "pipeline.langid_cli",
+    "pipeline.dedup_cli",
     "tokenizer_training.cli",
     "mixing.cli",
     "model.cli",

@@ -282,6 +282,7 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
         src.path = fix(src.path)
     cfg.output = fix(cfg.output)
     cfg.langid.model = fix(cfg.langid.model)
+    cfg.langid.rules = fix(cfg.langid.rules)
     cfg.tokenizer.ratios = fix(cfg.tokenizer.ratios)
     cfg.mixing.ratios = fix(cfg.mixing.ratios)
 

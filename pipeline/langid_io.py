@@ -1,0 +1,71 @@
+"""Text files in and out for the language-ID commands: compression chosen by extension, atomic writes.
+
+Outputs go to a temporary file next to the target and are moved into place with ``os.replace`` only when
+complete, so an interrupted run never leaves a truncated file that looks finished.
+"""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+
+def _compression(path: str | Path) -> str | None:
+    name = str(path).lower()
+    if name.endswith(".gz"):
+        return "gz"
+    if name.endswith((".zst", ".zstd")):
+        return "zst"
+    return None
+
+
+def open_text_read(path: str | Path) -> IO[str]:
+    """Open a (possibly .gz/.zst-compressed) UTF-8 text file for streaming reads."""
+    kind = _compression(path)
+    if kind == "gz":
+        return gzip.open(path, "rt", encoding="utf-8", newline="\n")
+    if kind == "zst":
+        import zstandard
+
+        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+        return io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
+    return open(path, "r", encoding="utf-8", newline="\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[IO[str]]:
+    """Write UTF-8 text (compressed by extension) to `path`, all or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with contextlib.ExitStack() as stack:
+            binary: IO[bytes] = stack.enter_context(open(fd, "wb"))
+            kind = _compression(path)
+            if kind == "gz":
+                # mtime=0 and no file name in the header: same input, same bytes.
+                binary = stack.enter_context(gzip.GzipFile(filename="", mode="wb", fileobj=binary, mtime=0))
+            elif kind == "zst":
+                import zstandard
+
+                binary = stack.enter_context(zstandard.ZstdCompressor().stream_writer(binary, closefd=False))
+            text = io.TextIOWrapper(binary, encoding="utf-8", newline="\n")
+            yield text
+            text.flush()
+            text.detach()  # the exit stack closes the compressor, then the file
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
