@@ -1,0 +1,242 @@
+"""GPU check of the model: attention backends in bf16, and proxy-1b training throughput and MFU.
+
+One script for one short device run (< 5 minutes on one H200). Needs only torch (and this repo):
+batches are synthetic packed rows of several documents, so no shard files travel. Three parts:
+
+1. every attention backend available on CUDA against a per-document fp32 reference, forward and
+   gradients, on a random document layout;
+2. a small model on CUDA: a packed row's logits against each document run alone;
+3. `proxy-1b` at 16,384 tokens per row: training steps (bf16 autocast, fused AdamW, grad clipping)
+   eager - the anchor's setup - and under `torch.compile`, side by side: tokens/s and MFU against
+   990 TFLOP/s dense bf16.
+
+It prints markdown tables and writes everything to $OUT/gpu_check.json (else --out).
+`--dry-run` runs the same code with tiny sizes on CPU, to catch bugs before spending device time (its
+compiled variant traces with dynamo and AOT autograd but skips inductor's slow C++ code generation).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.attention import DocumentLayout, attend, available_backends  # noqa: E402
+from model.config import preset  # noqa: E402
+from model.data import collate  # noqa: E402
+from model.model import Transformer  # noqa: E402
+
+ANCHOR = {"name": "eager 1.22B llama-like, varlen_attn, fused AdamW (measured earlier on this H200 kind)",
+          "tokens_per_s": 55_900, "mfu": 0.425}
+
+
+def doc_lengths(total: int, mean: int, gen: torch.Generator) -> list[int]:
+    """Random document lengths filling `total` tokens (exponential around `mean`, at least 16)."""
+    out, left = [], total
+    while left > 0:
+        n = max(16, int(torch.empty(1).exponential_(1 / mean, generator=gen)))
+        out.append(min(n, left))
+        left -= out[-1]
+    return out
+
+
+def synthetic_rows(n_rows: int, seq_len: int, vocab: int, mean_doc: int, seed: int, one_layout: bool = False) -> list[dict]:
+    """Packed rows as the mixing reader yields them: documents ending in EOS (2), then a padding tail.
+
+    `one_layout`: every row gets the same document lengths (new tokens), so a compiled model is timed
+    without recompiling for another document count.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    rows, lengths = [], None
+    for _ in range(n_rows):
+        if lengths is None or not one_layout:
+            real = seq_len - int(torch.randint(0, max(1, seq_len // 64), (1,), generator=gen))
+            lengths = doc_lengths(real, mean_doc, gen)
+        ids = torch.zeros(seq_len, dtype=torch.long)
+        ids[:real] = torch.randint(3, vocab, (real,), generator=gen)
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+        ids[cu[1:].long() - 1] = 2
+        rows.append({"input_ids": ids, "cu_seqlens": cu})
+    return rows
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.detach(), ref.detach()
+    return float((out.double() - ref.double()).norm() / ref.double().norm())
+
+
+def reference_attention(q, k, v, layout: DocumentLayout) -> torch.Tensor:
+    """Per document, explicit causal softmax in fp32: the definition every backend must meet."""
+    outs = []
+    for a, b in zip(layout.boundaries, layout.boundaries[1:]):
+        qs, ks, vs = (x[a:b].float().transpose(0, 1) for x in (q, k, v))
+        scores = qs @ ks.transpose(1, 2) / math.sqrt(q.shape[-1])
+        causal = torch.ones(b - a, b - a, dtype=torch.bool, device=q.device).tril()
+        outs.append((scores.masked_fill(~causal, float("-inf")).softmax(-1) @ vs).transpose(0, 1))
+    return torch.cat(outs)
+
+
+def check_backends(device, dtype, seq_len, n_rows, heads, head_dim, mean_doc) -> list[dict]:
+    rows = synthetic_rows(n_rows, seq_len, 100, mean_doc, seed=1)
+    layout = DocumentLayout.from_rows([r["cu_seqlens"] for r in rows], seq_len).to(device)
+    t = n_rows * seq_len
+    gen = torch.Generator(device=device).manual_seed(2)
+    q, k, v, grad = (torch.randn(t, heads, head_dim, device=device, dtype=dtype, generator=gen) for _ in range(4))
+    ref_in = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+    ref = reference_attention(*ref_in, layout)
+    ref.backward(grad.float())
+    results = []
+    for name in available_backends(device):
+        inputs = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+        try:
+            out = attend(*inputs, layout, name)
+            out.backward(grad)
+            errs = {"out": rel_err(out, ref)} | {f"d{n}": rel_err(x.grad, r.grad) for n, x, r in zip("qkv", inputs, ref_in)}
+            ok = all(math.isfinite(e) and e < 1e-2 for e in errs.values())  # bf16 operands
+            results.append({"backend": name, "ok": ok, **{k: float(f"{e:.3g}") for k, e in errs.items()}})
+        except Exception as exc:  # report and carry on: one broken backend must not hide the others
+            results.append({"backend": name, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    return results
+
+
+def check_packed_vs_alone(device, dtype, backend: str, seq_len: int) -> dict:
+    """Logits of documents packed in one row equal those of each document on its own."""
+    torch.manual_seed(3)
+    model = Transformer(preset("tiny", vocab_size=1000, d_model=256, n_heads=2, n_layers=2, d_ff=688), backend).to(device)
+    row = synthetic_rows(1, seq_len, 1000, seq_len // 6, seed=4)[0]
+    batch = collate([row], eos_id=2).to(device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
+        packed = model(batch.input_ids, batch.layout)[0]
+        worst = 0.0
+        cu = row["cu_seqlens"].tolist()
+        for a, b in zip(cu, cu[1:]):
+            alone = collate([{"input_ids": row["input_ids"][a:b], "cu_seqlens": torch.tensor([0, b - a], dtype=torch.int32)}], 2).to(device)
+            worst = max(worst, rel_err(packed[a:b], model(alone.input_ids, alone.layout)[0]))
+    return {"backend": backend, "documents": len(cu) - 1, "max_rel_err": float(f"{worst:.3g}"), "ok": worst < 2e-2}
+
+
+def train_throughput(device, cfg_name: str, seq_len: int, compiled: bool, warmup: int, steps: int, mean_doc: int,
+                     peak: float, compile_backend: str) -> dict:
+    on_gpu = device.type == "cuda"
+    # On CPU (dry run) the masked kernel: its graph does not depend on where documents start.
+    backend = available_backends(device)[0] if on_gpu else "sdpa_mask"
+    torch.manual_seed(0)
+    model_cfg = preset(cfg_name, **({} if on_gpu else {"vocab_size": 1000}))
+    model = Transformer(model_cfg, backend).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=on_gpu)
+    step_fn = torch.compile(model, backend=compile_backend) if compiled else model
+    batches = [collate([r], eos_id=2).to(device) for r in synthetic_rows(4, seq_len, model_cfg.vocab_size, mean_doc, seed=5, one_layout=True)]
+    times, losses = [], []
+    t_compile = time.perf_counter()
+    for i in range(warmup + steps):
+        batch = batches[i % len(batches)]
+        if on_gpu:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = step_fn(batch.input_ids, batch.layout, batch.labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())  # synchronises
+        if i == warmup - 1:
+            t_compile = time.perf_counter() - t_compile
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    flops = statistics.mean(model.training_flops(b.layout) for b in batches)
+    return {
+        "variant": "torch.compile" if compiled else "eager", "preset": cfg_name, "params": model.num_params(),
+        "seq_len": seq_len, "docs_per_row": statistics.mean(len(b.layout.boundaries) - 1 for b in batches),
+        "backend": backend, "warmup_s": round(t_compile, 1), "step_ms": round(step_s * 1e3, 1),
+        "step_ms_spread": round((max(times) - min(times)) * 1e3, 1), "step_ms_all": [round(t * 1e3, 1) for t in times], "tokens_per_s": round(seq_len / step_s),
+        "tflops": round(flops / step_s / 1e12, 1), "mfu": round(flops / step_s / (peak * 1e12), 4),
+        "mfu_6n": round(6 * model.num_params() * seq_len / step_s / (peak * 1e12), 4),
+        "losses_finite": all(math.isfinite(x) for x in losses), "first_loss": losses[0], "last_loss": losses[-1],
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if on_gpu else None,
+    }
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dry-run", action="store_true", help="tiny sizes, on CPU unless CUDA is there")
+    ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "bench/results"), "gpu_check.json"))
+    ap.add_argument("--peak-tflops", type=float, default=990.0)
+    ap.add_argument("--steps", type=int, default=10)
+    args = ap.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not args.dry_run and device.type != "cuda":
+        print("no CUDA device: use --dry-run", file=sys.stderr)
+        return 2
+    dry = args.dry_run
+    dtype = torch.bfloat16  # on CPU too, so a dry run follows the GPU's dtype flow
+    report = {"torch": torch.__version__, "python": platform.python_version(), "device":
+              torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+              "peak_tflops": args.peak_tflops, "anchor": ANCHOR}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        out.write_text(json.dumps(report, indent=2) + "\n")
+
+    failures = 0
+    report["backends"] = check_backends(device, dtype, seq_len=256 if dry else 8192, n_rows=2, heads=2 if dry else 16,
+                                        head_dim=16 if dry else 128, mean_doc=40 if dry else 1024)
+    failures += sum(not r["ok"] for r in report["backends"])
+    print("## attention backends vs per-document fp32 reference (%s)\n" % dtype)
+    print(table(report["backends"], ["backend", "ok", "out", "dq", "dk", "dv", "error"]) + "\n")
+    save()
+
+    best = available_backends(device)[0] if device.type == "cuda" else "sdpa_docs"
+    report["packed_vs_alone"] = check_packed_vs_alone(device, dtype, best, 128 if dry else 4096)
+    failures += not report["packed_vs_alone"]["ok"]
+    print("## packed row vs documents alone\n")
+    print(table([report["packed_vs_alone"]], ["backend", "documents", "max_rel_err", "ok"]) + "\n")
+    save()
+
+    report["training"] = []
+    for compiled in (False, True):
+        try:
+            r = train_throughput(device, "tiny" if dry else "proxy-1b", 256 if dry else 16_384, compiled,
+                                 warmup=3, steps=2 if dry else args.steps, mean_doc=40 if dry else 2048,
+                                 peak=args.peak_tflops, compile_backend="aot_eager" if dry else "inductor")
+            r["vs_anchor_tokens_per_s"] = round(r["tokens_per_s"] / ANCHOR["tokens_per_s"], 3)
+            failures += not r["losses_finite"]
+        except Exception as exc:
+            traceback.print_exc()
+            r = {"variant": "torch.compile" if compiled else "eager", "error": f"{type(exc).__name__}: {exc}"}
+            failures += 1
+        report["training"].append(r)
+        save()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+    print("## %s training step, %s tokens per row (anchor: %s tok/s, %.1f%% MFU)\n"
+          % (report["training"][0].get("preset"), report["training"][0].get("seq_len"), ANCHOR["tokens_per_s"], 100 * ANCHOR["mfu"]))
+    print(table(report["training"], ["variant", "backend", "docs_per_row", "warmup_s", "step_ms", "step_ms_spread",
+                                     "tokens_per_s", "vs_anchor_tokens_per_s", "tflops", "mfu", "mfu_6n", "peak_mem_gib",
+                                     "error"]))
+    print(f"\nwrote {out}; failures: {failures}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

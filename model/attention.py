@@ -1,0 +1,163 @@
+"""Causal attention over packed documents, with the kernel chosen at run time.
+
+Every backend computes the same function: a token attends to the earlier tokens of its own document
+only (`cu_seqlens` marks where documents start), so packing several documents into one row trains
+exactly as if each had its own row. Backends, best first:
+
+- ``flash``: `flash_attn.flash_attn_varlen_func` (the flash-attn package, CUDA);
+- ``varlen``: PyTorch's `torch.nn.attention.varlen.varlen_attn` (FlashAttention kernels, CUDA only);
+- ``sdpa_mask``: `scaled_dot_product_attention` with a block-diagonal causal mask (any device);
+- ``sdpa_docs``: `scaled_dot_product_attention` once per document (any device; memory grows with
+  the longest document rather than with the row, so it suits long rows on CPU).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("flash", "varlen", "sdpa_mask", "sdpa_docs")
+
+
+@dataclass
+class DocumentLayout:
+    """Document boundaries of a batch of `batch_size` packed rows of `seq_len` tokens, flattened.
+
+    `cu_seqlens` (int32) indexes the flattened batch of T = batch_size * seq_len tokens; a row's
+    padding tail is a segment of its own, so no real token attends to padding. `boundaries` keeps a
+    host copy (the per-document backend slices with it, and the varlen kernels need `max_seqlen` on
+    the host). `positions` restarts at 0 at every document, for the rotary embeddings.
+    """
+
+    cu_seqlens: torch.Tensor
+    boundaries: tuple[int, ...]
+    positions: torch.Tensor
+    max_seqlen: int
+    batch_size: int
+    seq_len: int
+
+    @classmethod
+    def from_rows(cls, row_cu_seqlens: list[torch.Tensor], seq_len: int) -> "DocumentLayout":
+        """Build from each row's own `cu_seqlens` (0, ends of documents..., number of real tokens)."""
+        bounds = [0]
+        for r, cu in enumerate(row_cu_seqlens):
+            cu = [int(x) for x in cu]
+            if not cu or cu[0] != 0 or any(b <= a for a, b in zip(cu, cu[1:])) or cu[-1] > seq_len:
+                raise ValueError(f"row {r}: cu_seqlens must rise strictly from 0 to at most {seq_len}, got {cu}")
+            offset = r * seq_len
+            bounds.extend(offset + c for c in cu[1:])
+            if cu[-1] < seq_len:  # the padding tail
+                bounds.append(offset + seq_len)
+        lengths = torch.tensor([b - a for a, b in zip(bounds, bounds[1:])])
+        starts = torch.repeat_interleave(torch.tensor(bounds[:-1]), lengths)
+        positions = torch.arange(bounds[-1]) - starts
+        return cls(
+            cu_seqlens=torch.tensor(bounds, dtype=torch.int32),
+            boundaries=tuple(bounds),
+            positions=positions,
+            max_seqlen=int(lengths.max()),
+            batch_size=len(row_cu_seqlens),
+            seq_len=seq_len,
+        )
+
+    def to(self, device: torch.device | str) -> "DocumentLayout":
+        return dataclasses.replace(self, cu_seqlens=self.cu_seqlens.to(device, non_blocking=True),
+                                   positions=self.positions.to(device, non_blocking=True))
+
+    def segment_ids(self) -> torch.Tensor:
+        """(batch_size, seq_len) index of each token's segment: equal ids may attend to each other."""
+        lengths = self.cu_seqlens[1:] - self.cu_seqlens[:-1]
+        ids = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths.long(),
+                                      output_size=self.batch_size * self.seq_len)
+        return ids.view(self.batch_size, self.seq_len)
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    """The backends that can run on `device`, best first."""
+    device = torch.device(device)
+    found = []
+    if device.type == "cuda":
+        if _flash_attn_varlen() is not None:
+            found.append("flash")
+        if _torch_varlen() is not None:
+            found.append("varlen")
+    return found + ["sdpa_mask", "sdpa_docs"]
+
+
+def select_backend(device: torch.device | str, requested: str = "auto") -> str:
+    """`requested` if it can run on `device` (error otherwise); for "auto" the best available."""
+    available = available_backends(device)
+    if requested == "auto":
+        # Without a varlen kernel, the per-document loop: the mask costs O(rows * seq_len^2) memory.
+        return available[0] if available[0] in ("flash", "varlen") else "sdpa_docs"
+    if check_backend(requested) not in available:
+        raise ValueError(f"attention backend {requested!r} is not available on {device} (have: {', '.join(available)})")
+    return requested
+
+
+def check_backend(name: str) -> str:
+    """`name` if it names a backend, else a ValueError listing them."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: DocumentLayout, backend: str) -> torch.Tensor:
+    """Causal attention within documents. q, k, v: (T, heads, head_dim) -> (T, heads, head_dim)."""
+    return _KERNELS[backend](q, k, v, layout)
+
+
+@functools.cache
+def _flash_attn_varlen():
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    return flash_attn_varlen_func
+
+
+@functools.cache
+def _torch_varlen():
+    """`varlen_attn` made causal: torch 2.10 took `is_causal`, 2.11+ take `window_size=(-1, 0)`."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    if "window_size" in inspect.signature(varlen_attn).parameters:
+        return functools.partial(varlen_attn, window_size=(-1, 0))
+    return functools.partial(varlen_attn, is_causal=True)
+
+
+def _flash(q, k, v, layout):
+    cu = layout.cu_seqlens
+    return _flash_attn_varlen()(q, k, v, cu, cu, layout.max_seqlen, layout.max_seqlen, causal=True)
+
+
+def _varlen(q, k, v, layout):
+    cu = layout.cu_seqlens
+    return _torch_varlen()(q, k, v, cu, cu, layout.max_seqlen, layout.max_seqlen)
+
+
+def _sdpa_mask(q, k, v, layout):
+    b, n, (_, h, d) = layout.batch_size, layout.seq_len, q.shape
+    seg = layout.segment_ids()
+    causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    mask = (seg[:, :, None] == seg[:, None, :]) & causal  # (b, n, n)
+    q, k, v = (x.view(b, n, h, d).transpose(1, 2) for x in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+    return out.transpose(1, 2).reshape(b * n, h, d)
+
+
+def _sdpa_docs(q, k, v, layout):
+    outs = []
+    for start, end in zip(layout.boundaries, layout.boundaries[1:]):
+        qs, ks, vs = (x[start:end].transpose(0, 1) for x in (q, k, v))  # (h, len, d)
+        outs.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=True).transpose(0, 1))
+    return torch.cat(outs)
+
+
+_KERNELS = {"flash": _flash, "varlen": _varlen, "sdpa_mask": _sdpa_mask, "sdpa_docs": _sdpa_docs}

@@ -1,0 +1,387 @@
+"""Smoke training on packed shards: one loop for one process, torchrun, local spawn and Ray Train.
+
+The loop is written once (`train`) against an optional, already-initialised process group; the
+launchers only differ in who starts the processes and sets the rendezvous environment:
+torchrun (the env is there), `--nproc K` (torchrun's own elastic launcher, in-process), or Ray
+Train's `TorchTrainer` (which initialises the group in each worker). Parallelism is DDP, or FSDP2
+(`fully_shard` per block) with `--fsdp`. Data order, learning rate and initial weights are pure
+functions of (seed, step), so a run resumed from a `torch.distributed.checkpoint` continues with the
+losses an uninterrupted run would have had.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from model.attention import select_backend
+from model.config import preset
+from model.data import BatchOrder, collate
+from model.model import Transformer
+
+log = logging.getLogger(__name__)
+
+TRAIN_STATE = "train_state.json"
+
+
+@dataclass
+class TrainConfig:
+    shards: str
+    preset: str = "tiny"
+    steps: int = 20
+    batch_size: int = 1  # packed rows per rank per step
+    lr: float = 1e-3
+    warmup_steps: Optional[int] = None  # None: a tenth of the steps
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    seed: int = 0
+    fsdp: bool = False
+    attention: str = "auto"
+    compile: bool = False
+    loss_chunk: Optional[int] = None  # tokens per output-layer chunk; None: 4096 on CPU, 0 (off) on GPU
+    checkpoint_dir: Optional[str] = None
+    checkpoint_every: int = 0  # 0: only after the last step (when checkpoint_dir is set)
+    resume: Optional[str] = None
+    log_every: int = 1
+    peak_tflops: float = 990.0  # dense bf16 peak of one GPU (H100/H200 SXM) for MFU
+    verify: bool = True  # check the shards' sha256 against the manifest
+
+    def __post_init__(self) -> None:
+        from pipeline.config import ConfigError
+
+        if self.loss_chunk is not None and self.loss_chunk < 0:
+            raise ConfigError(f"smoke-train loss_chunk must be >= 0, got {self.loss_chunk}")
+        for name in ("steps", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"smoke-train {name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError("smoke-train lr must be > 0 and min_lr_ratio within [0, 1]")
+        if self.checkpoint_every < 0:
+            raise ConfigError("smoke-train checkpoint_every must be >= 0")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
+            raise ConfigError(f"smoke-train warmup_steps must be within [0, steps={self.steps}]")
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at the last step."""
+    warmup = cfg.steps // 10 if cfg.warmup_steps is None else cfg.warmup_steps
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, cfg.steps - warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@dataclass
+class World:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_world() -> World:
+    """Join the process group set up by Ray Train, or create one from torchrun's environment."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)  # before NCCL starts, so each rank talks from its own GPU
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    if device.type == "cpu":
+        # Processes sharing a host split its cores instead of oversubscribing them.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    return World(rank, world_size, local_rank, device)
+
+
+def _wrap(model: Transformer, cfg: TrainConfig, world: World) -> torch.nn.Module:
+    """FSDP2 (shard every block, then the root) or DDP; bf16 compute on GPU either way."""
+    on_gpu = world.device.type == "cuda"
+    if cfg.fsdp:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = init_device_mesh(world.device.type, (world.world_size,))
+        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if on_gpu
+              else MixedPrecisionPolicy())
+        for block in model.layers:
+            fully_shard(block, mesh=mesh, mp_policy=mp)
+        return fully_shard(model, mesh=mesh, mp_policy=mp)
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[world.local_rank] if on_gpu else None)
+    return model
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig, world: World) -> torch.optim.AdamW:
+    """AdamW; matrices decay, norm gains do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=world.device.type == "cuda")
+
+
+def _mean_across_ranks(value: float, world: World) -> float:
+    if not world.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=world.device)
+    dist.all_reduce(t)
+    return float(t) / world.world_size
+
+
+def _replicas_in_sync(model: torch.nn.Module, world: World) -> Optional[bool]:
+    """DDP: do all ranks hold the same weights? (None for FSDP, whose ranks hold different shards.)"""
+    if not world.distributed or not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return None
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    gathered = [torch.zeros_like(checksum) for _ in range(world.world_size)]
+    dist.all_gather(gathered, checksum)
+    return all(bool(torch.equal(g, gathered[0])) for g in gathered)
+
+
+def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, world: World) -> None:
+    """A `torch.distributed.checkpoint` directory, written under a temporary name and renamed."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    tmp = path.with_name(path.name + ".tmp")
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    if world.distributed:
+        dist.barrier()
+    if world.rank == 0:
+        (tmp / TRAIN_STATE).write_text(json.dumps({"step": step, "preset": cfg.preset, "seed": cfg.seed,
+                                                   "world_size": world.world_size}) + "\n")
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        log.info("checkpoint saved: %s", path)
+    if world.distributed:
+        dist.barrier()
+
+
+def load_checkpoint(path: Path, model, optimizer, cfg: TrainConfig, world: World) -> int:
+    """Restore weights and optimizer state in place; returns the number of steps already done."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from pipeline.config import ConfigError
+
+    state_file = path / TRAIN_STATE
+    if not state_file.is_file():
+        raise ConfigError(f"--resume {path}: not a smoke-train checkpoint (no {TRAIN_STATE})")
+    state = json.loads(state_file.read_text())
+    for key in ("preset", "seed", "world_size"):
+        have = {"preset": cfg.preset, "seed": cfg.seed, "world_size": world.world_size}[key]
+        if state[key] != have:
+            raise ConfigError(f"--resume {path}: checkpoint has {key}={state[key]!r}, this run {have!r}")
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    sd = {"model": model_sd, "optim": optim_sd}
+    dcp.load(sd, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    log.info("resumed from %s at step %d", path, state["step"])
+    return int(state["step"])
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run the loop on this rank; every rank returns the same summary (losses are averaged)."""
+    from mixing.reader import PackedShards
+    from pipeline.config import ConfigError
+
+    world = init_world()
+    dataset = PackedShards(cfg.shards, rank=world.rank, world_size=world.world_size, verify=cfg.verify)
+    manifest = dataset.manifest
+    for key in ("vocab_size", "eos_id"):
+        if manifest.get(key) is None:
+            raise ConfigError(f"{cfg.shards}/manifest.json has no {key!r}")
+    order = BatchOrder(len(dataset), cfg.batch_size, cfg.seed)
+
+    try:
+        backend = select_backend(world.device, cfg.attention)
+    except ValueError as exc:
+        raise ConfigError(f"--attention: {exc}") from None
+    model_cfg = preset(cfg.preset, vocab_size=int(manifest["vocab_size"]))
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    loss_chunk = cfg.loss_chunk if cfg.loss_chunk is not None else (0 if world.device.type == "cuda" else 4096)
+    model = Transformer(model_cfg, backend=backend, loss_chunk=loss_chunk).to(world.device)
+    flops_model = model
+    model = _wrap(model, cfg, world)
+    optimizer = _optimizer(model, cfg, world)
+    start = load_checkpoint(Path(cfg.resume), model, optimizer, cfg, world) if cfg.resume else 0
+    if start >= cfg.steps:
+        raise ConfigError(f"--resume: the checkpoint is at step {start}, nothing left to do for --steps {cfg.steps}")
+    step_fn = torch.compile(model) if cfg.compile else model
+    on_gpu = world.device.type == "cuda"
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu and not cfg.fsdp
+                else contextlib.nullcontext())
+    if world.rank == 0:
+        log.info("model %s: %.1fM parameters, vocab %d, attention %s, %s on %d x %s",
+                 cfg.preset, flops_model.num_params() / 1e6, model_cfg.vocab_size, backend,
+                 "FSDP2" if cfg.fsdp else ("DDP" if world.distributed else "single process"),
+                 world.world_size, world.device.type)
+
+    losses: list[float] = []
+    meter = Throughput(world.world_size, cfg.peak_tflops, with_mfu=on_gpu)
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        batch = collate([dataset[i] for i in order.indices(step)], int(manifest["eos_id"])).to(world.device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        with autocast:
+            loss = step_fn(batch.input_ids, batch.layout, batch.labels)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(_mean_across_ranks(float(loss.detach()), world))  # also synchronises the device
+        # The first step pays for start-up and compilation: time from the second on (if there is one).
+        rate = meter.add(batch.input_ids.numel(), flops_model.training_flops(batch.layout),
+                         time.perf_counter() - t0, timed=step > start or cfg.steps - start == 1)
+        if world.rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps - 1):
+            norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # DTensor (FSDP)
+            log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f %s", step + 1, cfg.steps, losses[-1],
+                     lr_at(cfg, step), float(norm), rate)
+        done = step + 1
+        if cfg.checkpoint_dir and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps):
+            save_checkpoint(Path(cfg.checkpoint_dir) / f"step-{done}", model, optimizer, done, cfg, world)
+
+    summary = {
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "steps": len(losses),
+        "tokens_per_s": round(meter.tokens_per_s, 1),
+        "backend": backend,
+        "world_size": world.world_size,
+        "device": world.device.type,
+        "parallelism": "fsdp2" if cfg.fsdp else ("ddp" if world.distributed else "none"),
+        "losses": losses,
+        "replicas_in_sync": _replicas_in_sync(model, world),
+    }
+    if on_gpu:
+        summary["mfu"] = round(meter.mfu, 4)
+    return summary
+
+
+class Throughput:
+    """Tokens/s over all ranks and MFU per GPU (a CPU has no meaningful peak), over the timed steps."""
+
+    def __init__(self, world_size: int, peak_tflops: float, with_mfu: bool):
+        self.world_size, self.peak, self.with_mfu = world_size, peak_tflops * 1e12, with_mfu
+        self.tokens, self.flops, self.seconds = 0, 0.0, 0.0
+
+    def add(self, rank_tokens: int, rank_flops: float, seconds: float, timed: bool) -> str:
+        """Record one step of this rank; returns the step's rates for the log line."""
+        if timed:
+            self.tokens += rank_tokens * self.world_size
+            self.flops += rank_flops
+            self.seconds += seconds
+        rates = f"tokens/s {rank_tokens * self.world_size / seconds:.0f}"
+        return rates + (f" mfu {rank_flops / seconds / self.peak:.1%}" if self.with_mfu else "")
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+    @property
+    def mfu(self) -> float:
+        return self.flops / self.seconds / self.peak
+
+
+def loss_fell(summary: dict) -> bool:
+    """The smoke test's verdict: finite losses, and the last below the first."""
+    return all(math.isfinite(x) for x in summary["losses"]) and summary["last_loss"] < summary["first_loss"]
+
+
+def _configure_worker_logging() -> None:
+    """Processes started by a launcher begin with Python's default logging: show our INFO lines."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def train_and_leave(cfg: TrainConfig) -> dict:
+    """`train`, then leave the process group (a torchrun or launcher rank that exits after this)."""
+    summary = train(cfg)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return summary
+
+
+def _elastic_entry(cfg_dict: dict) -> dict:
+    _configure_worker_logging()
+    return train_and_leave(TrainConfig(**cfg_dict))
+
+
+def launch_local(cfg: TrainConfig, nproc: int) -> dict:
+    """Start `nproc` processes on this host with torchrun's launcher (same env as `torchrun --standalone`)."""
+    import uuid
+
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
+    results = elastic_launch(config, _elastic_entry)(dataclasses.asdict(cfg))
+    return results[0]
+
+
+def _ray_entry(cfg_dict: dict) -> None:
+    import tempfile
+
+    import ray.train
+
+    _configure_worker_logging()
+    summary = train(TrainConfig(**cfg_dict))
+    # Ray Train 2.x keeps only metrics that come with a checkpoint: rank 0 attaches a small one.
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if ray.train.get_context().get_world_rank() == 0:
+            Path(tmp, "summary.json").write_text(json.dumps(summary) + "\n")
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(summary, checkpoint=checkpoint)
+
+
+def launch_ray(cfg: TrainConfig, num_workers: int, address: Optional[str] = None) -> dict:
+    """The same loop through Ray Train's TorchTrainer: one worker per GPU (or per CPU slot)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.config import RayConfig
+    from pipeline.ray_session import ray_session
+
+    # A local Ray needs one CPU beyond the workers' for Ray Train's controller.
+    with ray_session(RayConfig(address=address, num_cpus=num_workers + 1)):
+        import ray
+
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= num_workers
+        per_worker = {"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1}
+        scaling = ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=per_worker)
+        storage = os.path.abspath(cfg.checkpoint_dir) if cfg.checkpoint_dir else None  # None: ~/ray_results
+        trainer = TorchTrainer(_ray_entry, train_loop_config=dataclasses.asdict(cfg), scaling_config=scaling,
+                               run_config=RunConfig(name="xdp-smoke-train", storage_path=storage))
+        result = trainer.fit()
+    with result.checkpoint.as_directory() as directory:
+        return json.loads(Path(directory, "summary.json").read_text())

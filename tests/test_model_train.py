@@ -1,0 +1,129 @@
+"""`xdp smoke-train` end to end on CPU: DDP and FSDP2 over gloo, checkpoint + resume, Ray Train."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mixing.shards import write_shards
+from model.train import TrainConfig, loss_fell, lr_at
+from pipeline.cli import main as xdp_main
+
+SEQ_LEN, VOCAB = 256, 512
+SUMMARY_KEYS = {"first_loss", "last_loss", "steps", "tokens_per_s", "backend", "world_size", "device"}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """16 packed rows of learnable documents (arithmetic runs of token ids, each ending in EOS)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(16):
+        docs, left = [], SEQ_LEN - int(rng.integers(0, 20))
+        while left > 8:
+            n = int(min(left, rng.integers(8, 120)))
+            start, step = int(rng.integers(3, VOCAB)), int(rng.integers(1, 4))
+            docs.append(np.append((start + step * np.arange(n - 1)) % (VOCAB - 3) + 3, 2))
+            left -= n
+        rows.append(docs)
+    out = tmp_path_factory.mktemp("shards")
+    write_shards(rows, out, sequence_length=SEQ_LEN, vocab_size=VOCAB, eos_id=2, pad_id=0, sequences_per_shard=8)
+    return out
+
+
+def smoke_train(*args: str, timeout: int = 300) -> tuple[dict, subprocess.CompletedProcess]:
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "smoke-train", "--lr", "3e-3", *args],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert SUMMARY_KEYS <= summary.keys()
+    return summary, proc
+
+
+@pytest.fixture(scope="module")
+def ddp_run(shards):
+    return smoke_train("--shards", str(shards), "--steps", "6", "--nproc", "2")[0]
+
+
+def test_two_process_ddp_loss_falls_and_ranks_agree(ddp_run):
+    s = ddp_run
+    assert (s["world_size"], s["device"], s["backend"], s["parallelism"]) == (2, "cpu", "sdpa_docs", "ddp")
+    assert s["steps"] == 6 and len(s["losses"]) == 6
+    assert all(math.isfinite(x) for x in s["losses"]) and s["last_loss"] < s["first_loss"]
+    assert s["first_loss"] == pytest.approx(math.log(VOCAB), rel=0.05)
+    assert s["replicas_in_sync"] is True
+    assert s["tokens_per_s"] > 0
+
+
+def test_fsdp_matches_ddp_and_resume_matches_uninterrupted(ddp_run, shards, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    full, _ = smoke_train("--shards", str(shards), "--steps", "6", "--nproc", "2", "--fsdp",
+                          "--checkpoint-dir", str(ckpt), "--checkpoint-every", "3")
+    assert full["parallelism"] == "fsdp2"
+    assert full["losses"] == pytest.approx(ddp_run["losses"], rel=1e-5)  # same math, other sharding
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step-3", "step-6"]
+    resumed, _ = smoke_train("--shards", str(shards), "--steps", "6", "--nproc", "2", "--fsdp",
+                             "--resume", str(ckpt / "step-3"))
+    assert resumed["steps"] == 3
+    assert resumed["losses"] == pytest.approx(full["losses"][3:], rel=1e-6)
+
+
+def test_resume_refuses_another_seed(shards, tmp_path, capsys):
+    assert xdp_main(["smoke-train", "--shards", str(shards), "--steps", "2", "--checkpoint-dir", str(tmp_path)]) == 0
+    code = xdp_main(["smoke-train", "--shards", str(shards), "--steps", "4", "--seed", "1",
+                     "--resume", str(tmp_path / "step-2")])
+    assert code == 2 and "seed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shards", "{missing}"], "no manifest.json"),
+    (["--fsdp"], "--fsdp"),
+    (["--attention", "xformers"], "--attention"),
+    (["--steps", "0"], "steps"),
+    (["--resume", "{missing}"], "no such checkpoint"),
+])
+def test_bad_input_is_a_clean_config_error(shards, tmp_path, capsys, args, message):
+    args = [a.replace("{missing}", str(tmp_path / "nope")) for a in args]
+    if "--shards" not in args:
+        args = ["--shards", str(shards), *args]
+    assert xdp_main(["smoke-train", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_schedule_and_verdict():
+    cfg = TrainConfig(shards="x", steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 9) == pytest.approx(1.0)
+    assert lr_at(cfg, 10) == pytest.approx(1.0) and lr_at(cfg, 100) == pytest.approx(0.1)
+    assert all(lr_at(cfg, s) >= lr_at(cfg, s + 1) for s in range(10, 100))
+    assert loss_fell({"losses": [5.0, 4.0], "first_loss": 5.0, "last_loss": 4.0})
+    assert not loss_fell({"losses": [5.0, 5.5], "first_loss": 5.0, "last_loss": 5.5})
+    assert not loss_fell({"losses": [5.0, float("nan"), 4.0], "first_loss": 5.0, "last_loss": 4.0})
+
+
+@pytest.fixture
+def ray_cluster():
+    """A fresh local Ray with a CPU for Ray Train's controller beside the two workers.
+
+    `address="local"` so that a cluster someone else left running on a shared box is never joined.
+    """
+    import ray
+
+    from conftest import RAY_TEST_KWARGS
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(**{**RAY_TEST_KWARGS, "num_cpus": 3})
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_train_two_cpu_workers_match_ddp(ddp_run, shards, tmp_path, ray_cluster):
+    summary, _ = smoke_train("--shards", str(shards), "--steps", "6", "--nproc", "2", "--ray",
+                             "--ray-address", ray_cluster, "--checkpoint-dir", str(tmp_path / "ray"))
+    assert summary["world_size"] == 2 and summary["replicas_in_sync"] is True
+    assert summary["losses"] == pytest.approx(ddp_run["losses"], rel=1e-5)
