@@ -33,7 +33,6 @@ class PeakRSS(threading.Thread):
             for p in [me] + me.children(recursive=True):
                 try:
                     rss = p.memory_info().rss
-                    name = " ".join(p.cmdline()[:1] + [c for c in p.cmdline() if c.startswith("ray::")][:1])
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 self.peaks[p.pid] = max(self.peaks.get(p.pid, 0), rss)
@@ -55,7 +54,6 @@ def main() -> None:
     files = sorted(Path(args.docs).glob("*.jsonl.zst"))
     if args.limit_files:
         files = files[: args.limit_files]
-    size_mb = sum(json.loads(l)["text"].__len__() for l in []) or 0  # filled below from stats
     out = Path(args.output or tempfile.mkdtemp(prefix="bench-clean-")) / "out"
     cfg = config_from_dict({
         "inputs": [{"path": str(f), "category_field": "category", "code_lang_field": "code_lang",

@@ -7,12 +7,10 @@ the driver (once into Parquet for Ray, once to copy the kept lines); the driver 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
 
 from pipeline.config import ConfigError, DedupConfig, RayConfig, validate_dedup
 
@@ -49,23 +47,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _records(path: str) -> Iterator[tuple[int, str, dict]]:
-    """(line number, raw line, parsed record) of every non-blank line, with clear errors."""
-    from pipeline.langid_io import open_text_read
-
-    with open_text_read(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise ConfigError(f"{path}:{n}: expected a JSON object")
-            yield n, line, rec
-
-
 def _record_id(path: str, n: int, rec: dict) -> str:
     rid = rec.get("id")
     if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
@@ -78,11 +59,13 @@ def _stage_input(path: str, target: Path) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from pipeline.langid_io import iter_json_records
+
     schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("lang", pa.string()), ("category", pa.string())])
     seen: dict[str, int] = {}
     batch: list[dict] = []
     with pq.ParquetWriter(target, schema) as writer:
-        for n, _, rec in _records(path):
+        for n, _, rec in iter_json_records(path):
             rid = _record_id(path, n, rec)
             if rid in seen:
                 raise ConfigError(f"{path}:{n}: duplicate id {rid!r} (first on line {seen[rid]})")
@@ -113,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from pipeline.dedup_ray import exact_dedup, near_dedup
-    from pipeline.langid_io import atomic_output
+    from pipeline.langid_io import atomic_output, iter_json_records
     from pipeline.ray_session import ray_session
     from pipeline.schema import DUPLICATES_SCHEMA
 
@@ -141,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         os.replace(tmp, out / "duplicates.parquet")
         gone = set(dups.column("id").to_pylist())
         with atomic_output(out / "kept.jsonl") as f:
-            for n, line, rec in _records(args.input):
+            for n, line, rec in iter_json_records(args.input):
                 if _record_id(args.input, n, rec) not in gone:
                     f.write(line if line.endswith("\n") else line + "\n")
     finally:

@@ -11,7 +11,6 @@ import itertools
 import json
 import logging
 import sys
-from typing import Iterator
 
 from pipeline.config import ConfigError
 
@@ -64,27 +63,11 @@ def _identifier_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rules", help="rules JSON from `xdp tune-langid` (default: the table tuned for lid.176.ftz)")
 
 
-def _records(path: str, text_field: str) -> Iterator[tuple[dict, object]]:
-    from pipeline.langid_io import open_text_read
-
-    with open_text_read(path) as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(record, dict):
-                raise ConfigError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            yield record, record.get(text_field)
-
-
 def run_langid(args) -> int:
     from tqdm import tqdm
 
     from pipeline.langid import LanguageIdentifier
-    from pipeline.langid_io import atomic_output
+    from pipeline.langid_io import atomic_output, iter_json_records
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
@@ -109,7 +92,7 @@ def run_langid(args) -> int:
     done = 0
     with atomic_output(args.output) as out, tqdm(desc="langid", unit=" docs", mininterval=1.0,
                                                   disable=None, file=sys.stderr) as bar:
-        records = _records(args.input, args.text_field)
+        records = ((rec, rec.get(args.text_field)) for _, _, rec in iter_json_records(args.input))
         while batch := list(itertools.islice(records, args.batch_size)):
             flush(batch, out)
             done += len(batch)

@@ -1,4 +1,6 @@
-"""Text files in and out for the language-ID commands: compression chosen by extension, atomic writes.
+"""JSONL in and out for the single-file commands (`xdp langid`, `xdp dedup`, `xdp tune-langid`).
+
+Compression is chosen by extension; bad lines stop the command with ``file:line`` in the message.
 
 Outputs go to a temporary file next to the target and are moved into place with ``os.replace`` only when
 complete, so an interrupted run never leaves a truncated file that looks finished.
@@ -8,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -34,6 +37,24 @@ def open_text_read(path: str | Path) -> IO[str]:
         raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
         return io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
     return open(path, "r", encoding="utf-8", newline="\n")
+
+
+def iter_json_records(path: str | Path) -> Iterator[tuple[int, str, dict]]:
+    """(line number, raw line, record) for every non-blank line; a bad line raises ConfigError."""
+    from pipeline.config import ConfigError
+
+    with open_text_read(path) as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                msg = getattr(exc, "msg", "nested too deeply")
+                raise ConfigError(f"{path}:{line_no}: not valid JSON ({msg})") from None
+            if not isinstance(record, dict):
+                raise ConfigError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+            yield line_no, line, record
 
 
 def _umask() -> int:

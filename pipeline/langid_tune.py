@@ -10,7 +10,6 @@ result, next to two baselines (`baselines`).
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -127,21 +126,14 @@ class Labelled:
 
 def read_labelled(path: str, text_field: str = "text", lang_field: str = "lang") -> Labelled:
     """Rows with a string text and a non-null language label from a JSONL file (.gz/.zst ok)."""
-    from pipeline.langid_io import open_text_read
+    from pipeline.langid_io import iter_json_records
 
     texts, labels = [], []
-    with open_text_read(path) as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-            text, lang = record.get(text_field), record.get(lang_field)
-            if isinstance(text, str) and isinstance(lang, str) and lang:
-                texts.append(text)
-                labels.append(lang)
+    for _, _, record in iter_json_records(path):
+        text, lang = record.get(text_field), record.get(lang_field)
+        if isinstance(text, str) and isinstance(lang, str) and lang:
+            texts.append(text)
+            labels.append(lang)
     if not texts:
         raise ConfigError(f"{path}: no rows with a string {text_field!r} and a {lang_field!r} label")
     return Labelled(texts, labels)
