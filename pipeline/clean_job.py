@@ -89,13 +89,7 @@ def _fates(batch: pa.Table, stage: str) -> pa.Table:
         else:
             stages = pa.array([accounting.KEPT] * n, pa.string())
     return pa.table({"category": cats, "lang": langs, "stage": stages, "reason": reasons,
-                     "n_chars": _n_chars(batch)})
-
-
-def _n_chars(batch: pa.Table) -> pa.Array:
-    if "n_chars" in batch.column_names:
-        return pc.fill_null(batch.column("n_chars"), 0)
-    return pc.utf8_length(batch.column("text")).cast(pa.int64())
+                     "n_chars": pc.fill_null(batch.column("n_chars"), 0)})
 
 
 def _partial_sums(batch: pa.Table, keys: list[str], value: str) -> pa.Table:
@@ -266,13 +260,17 @@ class CleanJob:
 
         parts = []
         if written["quarantine"]:
-            parts.append(ray.data.read_parquet(str(self.final / "quarantine"), partitioning=None)
+            parts.append(ray.data.read_parquet(str(self.final / "quarantine"), partitioning=None,
+                                               columns=["category", "reason", "n_chars"])
                          .map_batches(_fates, batch_format="pyarrow", fn_kwargs={"stage": "read"}))
         if written["dups_dir"]:
-            parts.append(ray.data.read_parquet(written["dups_dir"], partitioning=None)
+            parts.append(ray.data.read_parquet(written["dups_dir"], partitioning=None,
+                                               columns=["category", "lang", "stage", "n_chars"])
                          .map_batches(_fates, batch_format="pyarrow", fn_kwargs={"stage": "dropped"}))
         if written["cleaned"]:
-            parts.append(ray.data.read_parquet(str(self.final / "cleaned"), partitioning=None)
+            # The materialized kept rows carry n_chars, so the texts need not be read again.
+            parts.append(ray.data.read_parquet(str(self.work / "kept"), partitioning=None,
+                                               columns=["category", "lang", "n_chars"])
                          .map_batches(_fates, batch_format="pyarrow", fn_kwargs={"stage": accounting.KEPT}))
         fates = []
         if parts:
