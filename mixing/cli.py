@@ -1,0 +1,123 @@
+"""`xdp plan`, `xdp mix`, `xdp stats`: thin wrappers over mixing.job, mixing.stats and mixing.report."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _dirs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="job config YAML (the mixing section is used)")
+    p.add_argument("--cleaned", help="cleaned-document directory (default: <output>/cleaned)")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: <output>/tokenizer)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="print per-bucket sampling rates for the target ratios (writes nothing)",
+                       description="Tokenize the cleaned documents (exact counts), solve the mix for the three "
+                                   "ratio tables and print rates, epochs and expected tokens per bucket.",
+                       epilog="example: xdp plan --config configs/demo.yaml --json")
+    _dirs_args(p)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("mix", help="tokenize, sample to the target ratios, pack and write shards + report",
+                       description="Write <out>/shards (uint32 packed sequences + manifest.json) and "
+                                   "<out>/report (stats.json, PNG plots, report.html).",
+                       epilog="example: xdp mix --config configs/demo.yaml --out out/")
+    _dirs_args(p)
+    p.add_argument("--out", help="output directory (default: the config's output)")
+    p.set_defaults(func=cmd_mix)
+
+    p = sub.add_parser("stats", help="target vs realized shares of a shard or cleaned-document directory",
+                       description="Shares per category, language and programming language, tokens and epochs "
+                                   "per bucket, packing efficiency and drops per stage. On a cleaned directory, "
+                                   "counts tokens with --tokenizer, else characters.",
+                       epilog="examples: xdp stats out/shards --json;  xdp stats out/cleaned --report out/clean-report")
+    p.add_argument("dir", help="shard directory (or a mix output holding shards/), or a cleaned-document directory")
+    p.add_argument("--json", action="store_true", help="print the stats JSON instead of tables")
+    p.add_argument("--report", metavar="DIR", help="also write stats.json, PNG plots and report.html here")
+    p.add_argument("--tokenizer", help="cleaned directories: count tokens with this tokenizer (uses Ray)")
+    p.add_argument("--ratios", help="cleaned directories: ratio YAML for the targets (default: XVERSE-65B)")
+    p.set_defaults(func=cmd_stats)
+
+
+def _print_tables(stats: dict, out=sys.stdout) -> None:
+    unit = stats.get("unit", "tokens")
+    for table in ("categories", "languages", "code_languages"):
+        print(f"\n{table}:  name  target  realized  {unit}", file=out)
+        for name, v in stats[table].items():
+            print(f"  {name:<14} {100 * v['target']:7.3f}%  {100 * v['realized']:7.3f}%  {v['tokens']:>14,}", file=out)
+    if "packing" in stats:
+        p = stats["packing"]
+        print(f"\npacking: {p['sequences']:,} sequences of {p['sequence_length']:,}, efficiency "
+              f"{100 * p['efficiency']:.3f}%, documents split {p['split_documents']:,} "
+              f"(concatenate-and-chunk would split {p['concat_split_documents']:,})", file=out)
+    for issue in stats.get("issues", []):
+        print(f"not met: {issue['table']}.{issue['name']}: {issue['status']}: {issue['detail']}", file=out)
+
+
+def cmd_plan(args) -> int:
+    from mixing.job import default_dirs, document_counts, plan_from_counts
+    from pipeline.config import load_config
+
+    cfg = load_config(args.config)
+    cleaned, tokenizer = default_dirs(cfg, args.cleaned, args.tokenizer)
+    plan, selections = plan_from_counts(document_counts(cleaned, tokenizer, cfg.mixing.seed, cfg.ray), cfg.mixing)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
+        return 0
+    print(f"budget: {plan.total_tokens:,.0f} tokens ({plan.budget_rule}), repetition cap {plan.max_epochs:g}")
+    print(f"{'bucket':<28} {'available':>14} {'planned':>14} {'epochs':>7} {'selected':>14}")
+    for b in plan.buckets:
+        s = selections[(b.category, b.key)]
+        print(f"{b.name:<28} {b.available:>14,} {b.tokens:>14,.0f} {b.rate:>7.3f} {s.tokens:>14,}")
+    for table in ("categories", "languages", "code_languages"):
+        shares = plan.shares(table)
+        print(f"\n{table}: " + ", ".join(f"{k} {100 * plan.targets[table][k]:.2f}%->{100 * v:.2f}%"
+                                         for k, v in shares.items()))
+    if plan.excluded:
+        print(f"\nexcluded: {len(plan.excluded)} buckets, {sum(e['available'] for e in plan.excluded.values()):,}"
+              " tokens (outside the ratio tables)")
+    for issue in plan.issues:
+        print(f"not met: {issue['table']}.{issue['name']}: {issue['status']}: {issue['detail']}")
+    return 0
+
+
+def cmd_mix(args) -> int:
+    from mixing.job import default_dirs, mix_from_config
+    from pipeline.config import load_config
+
+    cfg = load_config(args.config)
+    cleaned, tokenizer = default_dirs(cfg, args.cleaned, args.tokenizer)
+    summary = mix_from_config(cfg, cleaned, tokenizer, args.out or cfg.output)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from pathlib import Path
+
+    from mixing.report import write_report
+    from mixing.stats import find_shard_dir, shard_stats
+    from pipeline.config import ConfigError
+
+    shard_dir = find_shard_dir(args.dir)
+    if shard_dir is not None:
+        stats = shard_stats(shard_dir)
+    elif Path(args.dir).is_dir():
+        from mixing.job import cleaned_counts
+        from mixing.ratios import load_ratios
+        from mixing.stats import cleaned_stats, load_stage_stats
+
+        counts, unit = cleaned_counts(args.dir, args.tokenizer)
+        stats = cleaned_stats(counts, load_ratios(args.ratios), unit, load_stage_stats(args.dir))
+    else:
+        raise ConfigError(f"{args.dir}: no such directory")
+    if args.report:
+        write_report(stats, args.report)
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+    else:
+        _print_tables(stats)
+    return 0

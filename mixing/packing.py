@@ -1,0 +1,145 @@
+"""Best-fit packing of tokenized documents into fixed-length sequences (Ding et al. 2024).
+
+"Fewer Truncations Improve Language Modeling": documents longer than a sequence are cut into
+full-length chunks plus a remainder; then all pieces, longest first, go into the fullest sequence that
+still has room (best-fit decreasing). Only documents longer than a sequence are ever split, unlike
+concatenate-and-chunk, which splits nearly every document that crosses a boundary.
+
+Memory stays bounded by packing a window of documents at a time: `Packer` emits the sequences of a
+window and carries the pieces of its least-filled sequences (at most a quarter of a window) over to the
+next window, where smaller documents can still fill them; only the final flush pads them.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+import numpy as np
+
+_SHIFT = 32  # bins are kept sorted by (remaining room << 32 | bin number)
+
+
+def best_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:
+    """Assign items (all <= capacity) to bins; returns, per bin, the item indices in placement order.
+
+    Ties go to the lowest-numbered bin, and equal lengths keep input order, so the result is a pure
+    function of `lengths`.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.size and (lengths.max() > capacity or lengths.min() < 1):
+        raise ValueError(f"item lengths must be in [1, {capacity}]")
+    order = np.argsort(-lengths, kind="stable")
+    bins: list[list[int]] = []
+    open_keys: list[int] = []  # sorted keys of bins with room left
+    for item in order.tolist():
+        need = int(lengths[item])
+        pos = bisect.bisect_left(open_keys, need << _SHIFT)
+        if pos < len(open_keys):
+            key = open_keys.pop(pos)
+            room, b = key >> _SHIFT, key & ((1 << _SHIFT) - 1)
+        else:
+            room, b = capacity, len(bins)
+            bins.append([])
+        bins[b].append(item)
+        room -= need
+        if room > 0:
+            bisect.insort(open_keys, (room << _SHIFT) | b)
+    return bins
+
+
+@dataclass
+class PackStats:
+    documents: int = 0
+    split_documents: int = 0
+    sequences: int = 0
+    tokens: int = 0
+    capacity: int = 0  # sequences * sequence_length
+    concat_split_documents: int = 0  # what plain concatenate-and-chunk would have split, for comparison
+    _stream_tokens: int = 0
+
+    @property
+    def efficiency(self) -> float:
+        return self.tokens / self.capacity if self.capacity else 0.0
+
+    def to_dict(self) -> dict:
+        return {"documents": self.documents, "split_documents": self.split_documents,
+                "concat_split_documents": self.concat_split_documents, "sequences": self.sequences,
+                "tokens": self.tokens, "efficiency": self.efficiency}
+
+
+@dataclass
+class PackedSequence:
+    tokens: np.ndarray  # uint32, length <= sequence_length
+    cu_seqlens: np.ndarray  # int32, from 0 to len(tokens)
+
+
+@dataclass
+class Packer:
+    """Streams documents in, packed sequences out; same input order -> same sequences.
+
+    `window_sequences` bounds memory: about that many sequences' worth of tokens is held at once.
+    Emitted sequences of a window are shuffled with `seed` so that long and short documents (which
+    best-fit sorts apart) are spread over the output.
+    """
+
+    sequence_length: int
+    window_sequences: int = 1024
+    seed: int = 0
+    stats: PackStats = field(default_factory=PackStats)
+
+    def __post_init__(self):
+        if self.sequence_length < 1 or self.window_sequences < 1:
+            raise ValueError("sequence_length and window_sequences must be >= 1")
+        self._pieces: list[np.ndarray] = []
+        self._tokens = 0
+        self._window = 0
+
+    def add(self, doc: np.ndarray) -> list[PackedSequence]:
+        """Add one document (token ids, EOS included); returns the sequences of a window once it is full."""
+        doc = np.asarray(doc, dtype=np.uint32)
+        if doc.size == 0:
+            return []
+        stats, length = self.stats, self.sequence_length
+        stats.documents += 1
+        stats.split_documents += doc.size > length
+        start, end = stats._stream_tokens, stats._stream_tokens + doc.size
+        stats.concat_split_documents += start // length != (end - 1) // length
+        stats._stream_tokens = end
+        for start in range(0, doc.size, self.sequence_length):
+            self._pieces.append(doc[start:start + self.sequence_length])
+        self._tokens += doc.size
+        if self._tokens >= self.window_sequences * self.sequence_length:
+            return self._pack(final=False)
+        return []
+
+    def flush(self) -> list[PackedSequence]:
+        """Pack whatever is left, padding the last sequences."""
+        return self._pack(final=True)
+
+    def _pack(self, final: bool) -> list[PackedSequence]:
+        lengths = np.fromiter((p.size for p in self._pieces), dtype=np.int64, count=len(self._pieces))
+        bins = best_fit_decreasing(lengths, self.sequence_length)
+        fill = np.array([int(lengths[b].sum()) for b in bins], dtype=np.int64)
+        keep: set[int] = set()
+        if not final:  # carry the emptiest bins' pieces over, up to a quarter of a window
+            budget = self.window_sequences * self.sequence_length // 4
+            for b in np.argsort(fill, kind="stable").tolist():
+                if fill[b] == self.sequence_length or fill[b] > budget:
+                    break
+                keep.add(b)
+                budget -= int(fill[b])
+        emit = [b for b in range(len(bins)) if b not in keep]
+        rng = np.random.default_rng([self.seed, self._window])
+        self._window += 1
+        out = []
+        for b in rng.permutation(len(emit)).tolist():
+            pieces = [self._pieces[i] for i in bins[emit[b]]]
+            cu = np.zeros(len(pieces) + 1, dtype=np.int32)
+            np.cumsum([p.size for p in pieces], out=cu[1:])
+            out.append(PackedSequence(np.concatenate(pieces), cu))
+            self.stats.sequences += 1
+            self.stats.tokens += int(cu[-1])
+            self.stats.capacity += self.sequence_length
+        self._pieces = [self._pieces[i] for b in sorted(keep) for i in bins[b]]
+        self._tokens = sum(p.size for p in self._pieces)
+        return out
+

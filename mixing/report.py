@@ -1,0 +1,105 @@
+"""Render a stats document (`mixing.stats`) as stats.json, PNG plots and one self-contained HTML page."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from pathlib import Path
+
+from mixing.shards import atomic_write_bytes, atomic_write_json
+from mixing.stats import TABLES
+
+_TITLES = {"categories": "Categories", "languages": "Natural languages", "code_languages": "Programming languages"}
+
+
+def _share_plot(table: dict, title: str, unit: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(table)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(names) + 2), 3.6), dpi=100)
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [100 * table[n]["target"] for n in names], width=0.4, label="target")
+    ax.bar([x + 0.2 for x in xs], [100 * table[n]["realized"] for n in names], width=0.4, label="realized")
+    ax.set_xticks(list(xs), names, rotation=90, fontsize=7)
+    ax.set_ylabel(f"share of {unit} (%)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})  # no version stamp: same stats, same bytes
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _html_table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.3f}%"
+
+
+def render_html(stats: dict, images: dict[str, bytes]) -> str:
+    unit = stats.get("unit", "tokens")
+    parts = [f"<h1>xdp mix report</h1><p>Total {unit}: {stats.get('total_tokens', 0):,}"
+             + (f"; budget: {stats['budget_rule']}, repetition cap {stats['max_epochs']:g} epochs"
+                if "budget_rule" in stats else "") + "</p>"]
+    if "packing" in stats:
+        p = stats["packing"]
+        parts.append("<h2>Packing</h2>" + _html_table(
+            ["sequence length", "sequences", "efficiency", "documents", "split (best-fit)", "split (concat+chunk)"],
+            [[p["sequence_length"], p["sequences"], _pct(p["efficiency"]), p["documents"], p["split_documents"],
+              p["concat_split_documents"]]]))
+    for t in TABLES:
+        rows = [[n, _pct(v["target"]), _pct(v["planned"]) if "planned" in v else "-", _pct(v["realized"]),
+                 f"{v['tokens']:,}"] for n, v in stats[t].items()]
+        img = base64.b64encode(images[t]).decode()
+        parts.append(f"<h2>{_TITLES[t]}</h2><img alt='{t}' src='data:image/png;base64,{img}'>"
+                     + _html_table(["name", "target", "planned", "realized", unit], rows))
+    if stats.get("issues"):
+        parts.append("<h2>Targets not met</h2>" + _html_table(
+            ["table", "entry", "status", "detail"], [[i["table"], i["name"], i["status"], i["detail"]]
+                                                     for i in stats["issues"]]))
+    buckets = stats.get("buckets", {})
+    if buckets:
+        cols = sorted({k for b in buckets.values() for k in b})
+        parts.append("<h2>Buckets</h2>" + _html_table(
+            ["bucket", *cols], [[name, *(f"{b[c]:.3f}" if isinstance(b.get(c), float) else b.get(c, "")
+                                         for c in cols)] for name, b in buckets.items()]))
+    if stats.get("excluded"):
+        parts.append("<h2>Excluded buckets</h2>" + _html_table(
+            ["bucket", unit, "reason"], [[k, v["available"], v["reason"]] for k, v in stats["excluded"].items()]))
+    if stats.get("stages"):
+        rows = []
+        for stage, s in stats["stages"].items():
+            for reason, d in (s.get("dropped") or {}).items():
+                rows.append([stage, reason, d.get("docs", ""), d.get("chars", "")])
+            if s.get("quarantined"):
+                rows.append([stage, "quarantined", s["quarantined"].get("docs", ""), s["quarantined"].get("chars", "")])
+        parts.append("<h2>Documents dropped per stage and reason</h2>"
+                     + _html_table(["stage", "reason", "documents", "characters"], rows))
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:12px;text-align:right}img{max-width:100%}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>xdp mix report</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
+def write_report(stats: dict, out_dir: str | os.PathLike) -> dict[str, str]:
+    """Write stats.json, one PNG per table and report.html (images inlined) into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": str(out / "stats.json"), "html": str(out / "report.html")}
+    atomic_write_json(paths["json"], stats)
+    unit = stats.get("unit", "tokens")
+    images = {t: _share_plot(stats[t], _TITLES[t], unit) for t in TABLES}
+    for t, png in images.items():
+        paths[t] = str(out / f"{t}.png")
+        atomic_write_bytes(paths[t], png)
+    atomic_write_bytes(paths["html"], render_html(stats, images).encode("utf-8"))
+    return paths

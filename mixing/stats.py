@@ -1,0 +1,121 @@
+"""What the user got: target vs realized shares per table, tokens and epochs per bucket, packing, drops.
+
+The stats of a mix are computed once, by the job, and stored in the shard manifest (`"stats"`), so
+`xdp stats SHARD_DIR` needs nothing but the directory. For a cleaned-document directory they are
+computed from the documents (tokens with a tokenizer, else characters).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from mixing.planner import CODE, MixPlan
+from mixing.ratios import RatioTables
+from mixing.select import BucketSelection
+from mixing.shards import MANIFEST, read_manifest
+
+TABLES = ("categories", "languages", "code_languages")
+
+
+def table_stats(targets: Mapping[str, float], tokens: Mapping[str, float],
+                planned: Optional[Mapping[str, float]] = None) -> dict[str, dict]:
+    """{name: {"target", "realized", "tokens"[, "planned"]}} over the table's entries and anything outside it.
+
+    `planned` is the plan's share: the target after the infeasibility rules (`MixPlan.issues`).
+    """
+    total = sum(tokens.values())
+    names = list(targets) + sorted(set(tokens) - set(targets))
+    out = {n: {"target": float(targets.get(n, 0.0)),
+               "realized": tokens.get(n, 0) / total if total else 0.0,
+               "tokens": int(tokens.get(n, 0))} for n in names}
+    for n, share in (planned or {}).items():
+        out[n]["planned"] = float(share)
+    return out
+
+
+def _table_tokens(bucket_tokens: Mapping[tuple[str, str], float]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {t: {} for t in TABLES}
+    for (cat, key), n in bucket_tokens.items():
+        out["categories"][cat] = out["categories"].get(cat, 0) + n
+        table = "code_languages" if cat == CODE else "languages"
+        out[table][key] = out[table].get(key, 0) + n
+    return out
+
+
+def mix_stats(plan: MixPlan, selections: Mapping[tuple[str, str], BucketSelection], packing: dict,
+              stages: Optional[dict]) -> dict:
+    """The stats document of a finished mix (the `xdp stats --json` shape)."""
+    realized = {k: s.tokens for k, s in selections.items()}
+    per_table = _table_tokens(realized)
+    planned = {(b.category, b.key): b for b in plan.buckets}
+    out = {t: table_stats(plan.targets[t], per_table[t], plan.shares(t)) for t in TABLES}
+    out.update({
+        "unit": "tokens",
+        "total_tokens": int(sum(realized.values())),
+        "budget_rule": plan.budget_rule,
+        "max_epochs": plan.max_epochs,
+        "buckets": {f"{c}/{k}": {"available": planned[(c, k)].available, "planned": planned[(c, k)].tokens,
+                                 "tokens": s.tokens, "documents": s.documents,
+                                 "epochs": s.tokens / planned[(c, k)].available}
+                    for (c, k), s in selections.items()},
+        "excluded": plan.excluded,
+        "issues": plan.issues,
+        "packing": packing,
+    })
+    if stages is not None:
+        out["stages"] = stages
+    return out
+
+
+def cleaned_stats(counts: pa.Table, ratios: RatioTables, unit: str, stages: Optional[dict]) -> dict:
+    """Stats of a cleaned-document directory from per-document (category, key, n) counts."""
+    cats = counts.column("category").to_pylist()
+    keys = counts.column("key").to_pylist()
+    n = counts.column("n").to_numpy()
+    buckets: dict[tuple[str, str], int] = {}
+    docs: dict[tuple[str, str], int] = {}
+    for c, k, v in zip(cats, keys, n.tolist()):
+        buckets[(c, k)] = buckets.get((c, k), 0) + v
+        docs[(c, k)] = docs.get((c, k), 0) + 1
+    per_table = _table_tokens(buckets)
+    targets = {"categories": ratios.categories, "languages": ratios.languages,
+               "code_languages": ratios.code_languages}
+    out = {t: table_stats(targets[t], per_table[t]) for t in TABLES}
+    out.update({"unit": unit, "total_tokens": int(np.sum(n)),
+                "buckets": {f"{c}/{k}": {"tokens": v, "documents": docs[(c, k)]}
+                            for (c, k), v in sorted(buckets.items())}})
+    if stages is not None:
+        out["stages"] = stages
+    return out
+
+
+def load_stage_stats(cleaned_dir: str | os.PathLike) -> Optional[dict]:
+    """The clean job's per-stage counters (`<output>/stats.json`, one level above `cleaned/`), if present."""
+    path = Path(cleaned_dir).resolve().parent / "stats.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    return data.get("stages") if isinstance(data, dict) else None
+
+
+def find_shard_dir(path: str | os.PathLike) -> Optional[Path]:
+    """`path` itself or `path/shards` when it holds a manifest."""
+    for candidate in (Path(path), Path(path) / "shards"):
+        if (candidate / MANIFEST).is_file():
+            return candidate
+    return None
+
+
+def shard_stats(shard_dir: str | os.PathLike) -> dict:
+    manifest = read_manifest(shard_dir)
+    if "stats" not in manifest:
+        raise ValueError(f"{shard_dir}/{MANIFEST}: no mix statistics (shards not written by `xdp mix`)")
+    return manifest["stats"]

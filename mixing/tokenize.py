@@ -1,0 +1,116 @@
+"""Batched tokenization of cleaned documents: token ids + EOS, and the per-document fields mixing needs.
+
+`Tokenize` is a plain callable over an Arrow table, so it is unit-testable without Ray; Ray Data uses it
+as a `map_batches` callable class so each worker loads the tokenizer once.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import xxhash
+
+from mixing.select import doc_hash
+from mixing.shards import sha256_file
+from pipeline.config import ConfigError
+
+CODE = "code"
+OTHER = "other"
+_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # how a null partition value comes back from a hive path
+
+TOKENIZED_SCHEMA = pa.schema([
+    ("id", pa.string()), ("category", pa.string()), ("key", pa.string()),
+    ("n_tokens", pa.int64()), ("h", pa.uint64()), ("content", pa.int64()), ("tokens", pa.list_(pa.uint32())),
+])
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """What mixing needs to know about a tokenizer directory (from tokenizer_training)."""
+
+    path: str
+    eos_id: int
+    pad_id: int
+    vocab_size: int
+    sha256: str
+
+    @classmethod
+    def load(cls, tokenizer_dir: str | os.PathLike) -> "TokenizerInfo":
+        from tokenizers import Tokenizer
+
+        d = Path(tokenizer_dir)
+        tok_file, cfg_file = d / "tokenizer.json", d / "tokenizer_config.json"
+        for f in (tok_file, cfg_file):
+            if not f.is_file():
+                raise ConfigError(f"tokenizer directory {d}: missing {f.name}")
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        tok = Tokenizer.from_file(str(tok_file))
+        ids = {}
+        for role in ("eos_token", "pad_token"):
+            token = cfg.get(role)
+            token = token.get("content") if isinstance(token, dict) else token
+            ids[role] = tok.token_to_id(token) if token else None
+            if ids[role] is None:
+                raise ConfigError(f"{cfg_file}: {role} {token!r} is missing or not in the vocabulary")
+        return cls(str(d), ids["eos_token"], ids["pad_token"], tok.get_vocab_size(with_added_tokens=True),
+                   sha256_file(tok_file))
+
+
+def bucket_keys(category: pa.Array, lang: pa.Array, code_lang: pa.Array) -> tuple[list[str], list[str]]:
+    """(category, key) per document: key is the language, or the programming language for code.
+
+    A missing language becomes `other`; the planner excludes buckets outside the ratio tables.
+    """
+    cats = [str(c) for c in category.to_pylist()]
+    keys = []
+    for c, l, k in zip(cats, lang.to_pylist(), code_lang.to_pylist()):
+        value = k if c == CODE else l
+        keys.append(OTHER if value in (None, "", _NULL_PARTITION) else str(value))
+    return cats, keys
+
+
+class Tokenize:
+    """Arrow batch of cleaned documents -> `TOKENIZED_SCHEMA` (tokens end with EOS).
+
+    `h` is the selection hash of (seed, id); `content` (a hash of the text) only breaks ties in the
+    output order between documents that share an id, so even such input gives the same bytes.
+    """
+
+    def __init__(self, tokenizer_dir: str, seed: int):
+        from tokenizers import Tokenizer
+
+        self.info = TokenizerInfo.load(tokenizer_dir)
+        self.tokenizer = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+        self.seed = seed
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        for name in ("id", "text", "category"):
+            if name not in batch.column_names:
+                raise ValueError(f"cleaned documents lack column {name!r} (have {batch.column_names})")
+        col = {n: batch.column(n).cast(pa.string()).combine_chunks() if n in batch.column_names
+               else pa.nulls(batch.num_rows, pa.string()) for n in ("id", "category", "lang", "code_lang")}
+        if col["id"].null_count:
+            raise ValueError("cleaned documents with a null id; every document needs an id")
+        texts = batch.column("text").to_pylist()
+        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        eos = (self.info.eos_id,)
+        seqs = [enc.ids for enc in encodings]
+        lengths = np.fromiter((len(s) + 1 for s in seqs), dtype=np.int64, count=len(seqs))
+        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.fromiter(itertools.chain.from_iterable(itertools.chain(s, eos) for s in seqs),
+                           dtype=np.uint32, count=int(offsets[-1]))
+        cats, keys = bucket_keys(col["category"], col["lang"], col["code_lang"])
+        ids = col["id"].to_pylist()
+        return pa.Table.from_arrays([
+            col["id"], pa.array(cats, pa.string()), pa.array(keys, pa.string()), pa.array(lengths),
+            pa.array(doc_hash(ids, self.seed), pa.uint64()),
+            pa.array(np.fromiter((xxhash.xxh64_intdigest(t.encode("utf-8")) for t in texts), dtype=np.uint64,
+                                 count=len(texts)).view(np.int64)),
+            pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat)),
+        ], schema=TOKENIZED_SCHEMA)

@@ -1,0 +1,182 @@
+"""End to end on Ray: cleaned Parquet + a tiny tokenizer -> shards, manifest, report, stats CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pyarrow.dataset as pds
+import pytest
+import yaml
+
+from mixing.job import mix_from_config
+from mixing.reader import PackedShards
+from mixing.tokenize import Tokenize
+from pipeline.cli import main
+from pipeline.config import config_from_dict
+
+SEQ = 256
+RATIOS = {
+    "categories": {"web": 60, "books": 25, "code": 15},
+    "languages": {"en": 50, "de": 30, "fr": 20},
+    "code_languages": {"Python": 70, "Go": 30},
+}
+WORDS = {"en": "the of and to in is was for on that with as by at from".split(),
+         "de": "der die und in den von zu das mit sich des auf für ist im".split(),
+         "fr": "de la le et les des en un du une que est pour qui dans".split(),
+         "xx": "lorem ipsum dolor sit amet consectetur adipiscing elit sed do".split(),
+         "Python": "def return import self None True class lambda yield pass".split(),
+         "Go": "func package import return struct interface chan go defer var".split()}
+# (category, lang, code_lang, documents): xx is outside the languages table, so it must be excluded
+LAYOUT = [("web", "en", None, 120), ("web", "de", None, 60), ("web", "fr", None, 50), ("web", "xx", None, 30),
+          ("books", "en", None, 30), ("books", "de", None, 15), ("books", "fr", None, 10),
+          ("code", None, "Python", 40), ("code", None, "Go", 25)]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mix")
+    rng = np.random.default_rng(0)
+    rows = []
+    for cat, lang, code_lang, n in LAYOUT:
+        words = WORDS[code_lang or lang]
+        for i in range(n):
+            length = int(rng.integers(5, 300 if i % 17 else 900))  # a few longer than a sequence
+            rows.append({"id": f"{cat}-{lang or code_lang}-{i}", "text": " ".join(rng.choice(words, length)),
+                         "category": cat, "lang": lang, "lang_score": None if lang is None else 0.9,
+                         "code_lang": code_lang, "source": "test"})
+    pds.write_dataset(pa.Table.from_pylist(rows), root / "cleaned", format="parquet",
+                      partitioning=["category", "lang"], partitioning_flavor="hive")
+    (root / "stats.json").write_text(json.dumps({"stages": {"exact_dedup": {
+        "in": {"docs": 500, "chars": 9000}, "kept": {"docs": 480, "chars": 8800},
+        "dropped": {"duplicate": {"docs": 20, "chars": 200}}}}}))
+    _tokenizer(root / "tokenizer", [r["text"] for r in rows])
+    (root / "ratios.yaml").write_text(yaml.safe_dump(RATIOS))
+    return root
+
+
+def _tokenizer(path, texts):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", "<|startoftext|>", "<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    path.mkdir()
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": "<|endoftext|>", "bos_token": "<|startoftext|>", "pad_token": "<pad>"}))
+
+
+def _config(root, out, **mixing):
+    return config_from_dict({
+        "inputs": [{"path": str(root / "cleaned"), "category": "web"}], "output": str(out),
+        "mixing": {"ratios": str(root / "ratios.yaml"), "sequence_length": SEQ, "sequences_per_shard": 16,
+                   "pack_window_sequences": 8, **mixing},
+    })
+
+
+def test_tokenize_appends_eos_and_buckets(workdir):
+    batch = pds.dataset(workdir / "cleaned", format="parquet", partitioning="hive").to_table().slice(0, 50)
+    out = Tokenize(str(workdir / "tokenizer"), seed=1)(batch)
+    tokens = out.column("tokens").to_pylist()
+    assert all(t[-1] == 2 and 2 not in t[:-1] for t in tokens)
+    assert out.column("n_tokens").to_pylist() == [len(t) for t in tokens]
+    assert set(zip(out.column("category").to_pylist(), out.column("key").to_pylist())) <= {
+        (c, l or k) for c, l, k, _ in LAYOUT}
+
+
+@pytest.fixture(scope="module")
+def mixed(workdir, ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mixed")
+    cfg = _config(workdir, out)
+    summary = mix_from_config(cfg, str(workdir / "cleaned"), str(workdir / "tokenizer"), str(out))
+    return cfg, out, summary
+
+
+def test_mix_end_to_end(mixed):
+    cfg, out, summary = mixed
+    shard_dir = out / "shards"
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    stats = manifest["stats"]
+    # all three tables hold (document granularity: within 1.5 pp on this tiny corpus)
+    for table in ("categories", "languages", "code_languages"):
+        for name, share in RATIOS[table].items():
+            target = share / sum(RATIOS[table].values())
+            assert stats[table][name]["target"] == pytest.approx(target)
+            assert abs(stats[table][name]["realized"] - target) < 0.015, (table, name, stats[table][name])
+    assert "web/xx" in stats["excluded"] and "xx" not in stats["languages"]
+    assert max(b["epochs"] for b in stats["buckets"].values()) <= 4.0 + 1e-9
+    ds = PackedShards(shard_dir)
+    assert len(ds) == manifest["sequences"] == summary["sequences"] == stats["packing"]["sequences"]
+    real = sum(int(ds[i]["cu_seqlens"][-1]) for i in range(len(ds)))
+    assert real == manifest["tokens"] == stats["total_tokens"] == stats["packing"]["tokens"]
+    eos = sum(int((ds[i]["input_ids"] == 2).sum()) for i in range(len(ds)))
+    assert eos == sum(b["documents"] for b in stats["buckets"].values())
+    assert stats["packing"]["split_documents"] > 0
+    assert manifest["eos_id"] == 2 and manifest["pad_id"] == 0 and len(manifest["tokenizer_sha256"]) == 64
+    assert stats["stages"]["exact_dedup"]["dropped"]["duplicate"]["docs"] == 20
+    report = (out / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in report and "duplicate" in report
+    assert not (out / ".mix-token-cache").exists()
+
+
+def test_stats_cli_on_shards(mixed, capsys):
+    _, out, _ = mixed
+    assert main(["stats", str(out), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert set(stats["packing"]) >= {"efficiency", "sequences", "split_documents"}
+    assert set(stats["categories"]["web"]) == {"target", "realized", "tokens", "planned"}
+
+
+@pytest.mark.slow
+def test_same_config_same_bytes(mixed, workdir):
+    cfg, out, _ = mixed
+    again = out.parent / (out.name + "-again")
+    mix_from_config(cfg, str(workdir / "cleaned"), str(workdir / "tokenizer"), str(again))
+    manifest = json.loads((out / "shards" / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        assert (again / "shards" / entry["file"]).read_bytes() == (out / "shards" / entry["file"]).read_bytes()
+
+
+def test_stats_cli_json_shape(workdir, tmp_path, capsys):
+    assert main(["stats", str(workdir / "cleaned"), "--json", "--ratios", str(workdir / "ratios.yaml"),
+                 "--report", str(tmp_path / "r")]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["unit"] == "chars"
+    for table in ("categories", "languages", "code_languages"):
+        assert set(stats[table][next(iter(stats[table]))]) == {"target", "realized", "tokens"}
+        assert sum(v["realized"] for v in stats[table].values()) == pytest.approx(1.0)
+    assert "xx" in stats["languages"] and stats["languages"]["xx"]["target"] == 0
+    assert (tmp_path / "r" / "languages.png").read_bytes()[:4] == b"\x89PNG"
+    assert stats["stages"]["exact_dedup"]["kept"]["docs"] == 480
+
+
+def test_plan_cli_prints_the_plan_without_writing(workdir, ray_local, tmp_path, capsys):
+    cfg = {"inputs": [{"path": str(workdir / "cleaned"), "category": "web"}], "output": str(tmp_path / "out"),
+           "mixing": {"ratios": str(workdir / "ratios.yaml")}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["plan", "--config", str(tmp_path / "cfg.yaml"), "--cleaned", str(workdir / "cleaned"),
+            "--tokenizer", str(workdir / "tokenizer")]
+    assert main(args + ["--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["budget_rule"] == "largest feasible" and "web/xx" in plan["excluded"]
+    assert {"web/en", "books/de", "code/Go"} <= set(plan["buckets"])
+    assert all(b["epochs"] <= 4.0 + 1e-9 for b in plan["buckets"].values())
+    assert main(args) == 0
+    assert "code/Python" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+    assert main(["plan", "--config", str(tmp_path / "cfg.yaml"), "--cleaned", str(tmp_path / "nowhere")]) == 2
+
+
+def test_cleaned_without_required_column_is_a_clear_error(tmp_path):
+    from mixing.job import cleaned_counts
+    from pipeline.config import ConfigError
+
+    (tmp_path / "cleaned").mkdir()
+    pq.write_table(pa.table({"id": ["a"], "category": ["web"]}), tmp_path / "cleaned" / "part-0.parquet")
+    with pytest.raises(ConfigError, match="'text'"):
+        cleaned_counts(str(tmp_path / "cleaned"))

@@ -1,0 +1,114 @@
+"""Planner: all three tables hold when feasible; infeasible entries are reported and handled by the rule."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mixing.planner import plan_mix
+from mixing.ratios import RatioTables
+from mixing.select import copies, doc_hash, plan_selection
+
+RATIOS = RatioTables(
+    name="t",
+    categories={"web": 0.6, "books": 0.25, "code": 0.15},
+    languages={"en": 0.5, "de": 0.3, "fr": 0.2},
+    code_languages={"Python": 0.7, "Go": 0.3},
+)
+
+
+def _available(seed=0):
+    rng = np.random.default_rng(seed)
+    avail = {(c, l): int(rng.integers(1_000, 100_000)) for c in ("web", "books") for l in ("en", "de", "fr")}
+    avail[("code", "Python")] = 40_000
+    avail[("code", "Go")] = 9_000
+    avail[("web", "xx")] = 5_000  # language outside the table
+    avail[("code", "other")] = 7_000
+    return avail
+
+
+def _check_tables(plan, ratios, tol):
+    for table in ("categories", "languages", "code_languages"):
+        shares = plan.shares(table)
+        for name, target in getattr(ratios, table).items():
+            assert shares[name] == pytest.approx(target, abs=tol), (table, name)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_feasible_default_budget_meets_all_tables_at_the_largest_budget(seed):
+    avail = _available(seed)
+    plan = plan_mix(avail, RATIOS, max_epochs=4.0)
+    _check_tables(plan, RATIOS, 1e-6)
+    assert plan.issues == [] and plan.budget_rule == "largest feasible"
+    assert set(plan.excluded) == {"web/xx", "code/other"}
+    rates = [b.rate for b in plan.buckets]
+    assert max(rates) <= 4.0 + 1e-9
+    assert max(rates) == pytest.approx(4.0, rel=1e-4)  # largest budget: some bucket is at the cap
+    bigger = plan_mix(avail, RATIOS, max_epochs=4.0, total_tokens=plan.total_tokens * 1.05)
+    assert bigger.issues  # and beyond it the tables can no longer hold
+
+
+def test_requested_budget_within_reach_is_exact_and_down_samples():
+    avail = _available()
+    plan = plan_mix(avail, RATIOS, total_tokens=50_000)
+    assert plan.total_tokens == pytest.approx(50_000)
+    _check_tables(plan, RATIOS, 1e-6)
+    assert all(b.rate < 1 for b in plan.buckets)
+
+
+def test_no_data_entry_is_dropped_and_the_table_renormalized():
+    avail = {k: v for k, v in _available().items() if k[1] != "fr"}
+    plan = plan_mix(avail, RATIOS)
+    assert [(i["table"], i["name"], i["status"]) for i in plan.issues] == [("languages", "fr", "no data")]
+    shares = plan.shares("languages")
+    assert shares["en"] == pytest.approx(0.5 / 0.8, abs=1e-6) and shares["de"] == pytest.approx(0.3 / 0.8, abs=1e-6)
+    _check_tables(plan, RatioTables("t", RATIOS.categories, {"en": 0.625, "de": 0.375}, RATIOS.code_languages), 1e-6)
+
+
+def test_over_budget_holds_scarce_entries_at_the_cap_and_keeps_the_rest_in_proportion():
+    avail = _available()
+    avail[("code", "Go")] = 100  # Go cannot reach 30% of code at any useful budget
+    plan = plan_mix(avail, RATIOS, total_tokens=60_000)
+    issues = {(i["table"], i["name"]): i for i in plan.issues}
+    assert issues[("code_languages", "Go")]["status"] == "capped"
+    go = next(b for b in plan.buckets if b.key == "Go")
+    assert go.rate == pytest.approx(4.0)
+    code = plan.totals("code_languages")
+    assert code["Go"] == pytest.approx(400) and code["Python"] == pytest.approx(0.15 * 60_000 - 400)
+    # the categories and languages still hold exactly
+    for table in ("categories", "languages"):
+        for name, target in getattr(RATIOS, table).items():
+            assert plan.shares(table)[name] == pytest.approx(target, abs=1e-6)
+    assert max(b.rate for b in plan.buckets) <= 4.0 + 1e-9
+
+
+def test_nothing_usable_is_an_error():
+    with pytest.raises(ValueError, match="no tokens"):
+        plan_mix({("web", "xx"): 10}, RATIOS)
+
+
+def test_selection_hits_planned_tokens_within_one_document_and_is_order_free():
+    rng = np.random.default_rng(3)
+    ids = [f"doc{i}" for i in range(2_000)]
+    n = rng.integers(1, 500, size=len(ids))
+    h = doc_hash(ids, seed=11)
+    for rate in (0.3, 1.0, 2.71):
+        sel = plan_selection(rate * n.sum(), h, n)
+        assert sel.full_epochs == int(rate)
+        assert abs(sel.tokens - rate * n.sum()) <= n.max()
+        rows, epochs = copies(h, [sel], np.zeros(len(ids), dtype=np.int64))
+        assert n[rows].sum() == sel.tokens and rows.size == sel.documents
+        assert len(set(zip(rows.tolist(), epochs.tolist()))) == rows.size  # no copy twice
+        perm = rng.permutation(len(ids))  # another arrival order picks the same documents
+        rows2, epochs2 = copies(h[perm], [sel], np.zeros(len(ids), dtype=np.int64))
+        assert sorted(zip(perm[rows2].tolist(), epochs2.tolist())) == sorted(zip(rows.tolist(), epochs.tolist()))
+    assert not np.array_equal(doc_hash(ids, 1), doc_hash(ids, 2))
+
+
+def test_selection_skips_documents_too_long_for_what_is_left():
+    n = np.array([100_000] * 5 + list(range(10, 210)))
+    h = doc_hash([f"d{i}" for i in range(n.size)], seed=5)
+    sel = plan_selection(1_000, h, n)
+    assert sel.full_epochs == 0 and abs(sel.tokens - 1_000) < 10
+    rows, _ = copies(h, [sel], np.zeros(n.size, dtype=np.int64))
+    assert n[rows].sum() == sel.tokens and n[rows].max() < 1_000
+    assert plan_selection(0.001, h, n).documents == 0  # a bucket planned at ~0 takes nothing
