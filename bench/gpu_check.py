@@ -6,9 +6,11 @@ batches are synthetic packed rows of several documents, so no shard files travel
 1. every attention backend available on CUDA against a per-document fp32 reference, forward and
    gradients, on a random document layout;
 2. a small model on CUDA: a packed row's logits against each document run alone;
-3. `proxy-1b` at 16,384 tokens per row: training steps (bf16 autocast, fused AdamW, grad clipping)
-   eager - the anchor's setup - and under `torch.compile`, side by side: tokens/s and MFU against
-   990 TFLOP/s dense bf16.
+3. `proxy-1b` at 16,384 tokens per row: training steps (bf16 autocast over fp32 weights, fused AdamW,
+   grad clipping) in variants side by side (`--variants`): eager - the anchor's setup -,
+   `torch.compile` of the whole model, two rows per step, and on request the chunked loss, compiled
+   blocks and inductor's max-autotune (minutes of GEMM autotuning): tokens/s and MFU against
+   990 TFLOP/s dense bf16, Dynamo graph counts, and a profiler table of one variant (`--profile`).
 
 It prints markdown tables and writes everything to $OUT/gpu_check.json (else --out).
 `--dry-run` runs the same code with tiny sizes on CPU, to catch bugs before spending device time (its
@@ -25,13 +27,15 @@ import statistics
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.attention import DocumentLayout, attend, available_backends  # noqa: E402
+from model.attention import DocumentLayout, attention_kernel, available_backends  # noqa: E402
 from model.config import preset  # noqa: E402
 from model.data import collate  # noqa: E402
 from model.model import Transformer  # noqa: E402
@@ -99,7 +103,7 @@ def check_backends(device, dtype, seq_len, n_rows, heads, head_dim, mean_doc) ->
     for name in available_backends(device):
         inputs = [x.detach().clone().requires_grad_() for x in (q, k, v)]
         try:
-            out = attend(*inputs, layout, name)
+            out = attention_kernel(name)(*inputs, layout)
             out.backward(grad)
             errs = {"out": rel_err(out, ref)} | {f"d{n}": rel_err(x.grad, r.grad) for n, x, r in zip("qkv", inputs, ref_in)}
             ok = all(math.isfinite(e) and e < 1e-2 for e in errs.values())  # bf16 operands
@@ -125,47 +129,100 @@ def check_packed_vs_alone(device, dtype, backend: str, seq_len: int) -> dict:
     return {"backend": backend, "documents": len(cu) - 1, "max_rel_err": float(f"{worst:.3g}"), "ok": worst < 2e-2}
 
 
-def train_throughput(device, cfg_name: str, seq_len: int, compiled: bool, warmup: int, steps: int, mean_doc: int,
-                     peak: float, compile_backend: str) -> dict:
+@dataclass(frozen=True)
+class Variant:
+    """One way to run the training step. `compile`: None (eager), "model" (the whole model, with
+    `mode`) or "blocks" (each transformer block on its own, as torchtitan does)."""
+
+    name: str
+    compile: str | None = None
+    mode: str | None = None
+    rows: int = 1
+    loss_chunk: int = 0
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("eager"),
+    Variant("compiled", compile="model"),
+    Variant("compiled_rows2", compile="model", rows=2),
+    Variant("compiled_chunk", compile="model", loss_chunk=4096),
+    Variant("compiled_blocks", compile="blocks"),
+    Variant("compiled_autotune", compile="model", mode="max-autotune-no-cudagraphs"),
+)}
+
+
+def compile_model(model: Transformer, variant: Variant, compile_backend: str):
+    """The callable a training step runs: the model itself, compiled whole, or with compiled blocks."""
+    mode = variant.mode if compile_backend == "inductor" else None  # modes are inductor's
+    if variant.compile == "model":
+        return torch.compile(model, backend=compile_backend, mode=mode)
+    if variant.compile == "blocks":
+        for layer in model.layers:
+            layer.compile(backend=compile_backend, mode=mode)
+    return model
+
+
+def train_throughput(device, cfg_name: str, seq_len: int, variant: Variant, warmup: int, steps: int, mean_doc: int,
+                     peak: float, compile_backend: str, profile_to: Path | None = None) -> dict:
     on_gpu = device.type == "cuda"
     # On CPU (dry run) the masked kernel: its graph does not depend on where documents start.
     backend = available_backends(device)[0] if on_gpu else "sdpa_mask"
     torch.manual_seed(0)
+    torch._dynamo.reset()
+    counters.clear()
     model_cfg = preset(cfg_name, **({} if on_gpu else {"vocab_size": 1000}))
-    model = Transformer(model_cfg, backend).to(device)
+    model = Transformer(model_cfg, backend, loss_chunk=variant.loss_chunk).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=on_gpu)
-    step_fn = torch.compile(model, backend=compile_backend) if compiled else model
-    batches = [collate([r], eos_id=2).to(device) for r in synthetic_rows(4, seq_len, model_cfg.vocab_size, mean_doc, seed=5, one_layout=True)]
-    times, losses = [], []
-    t_compile = time.perf_counter()
-    for i in range(warmup + steps):
-        batch = batches[i % len(batches)]
-        if on_gpu:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+    step_fn = compile_model(model, variant, compile_backend)
+    rows = synthetic_rows(4 * variant.rows, seq_len, model_cfg.vocab_size, mean_doc, seed=5, one_layout=True)
+    batches = [collate(rows[i:i + variant.rows], eos_id=2).to(device) for i in range(0, len(rows), variant.rows)]
+
+    def step(batch) -> float:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = step_fn(batch.input_ids, batch.layout, batch.labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())  # synchronises
+        return loss.item()  # synchronises
+
+    times, losses = [], []
+    t_compile = time.perf_counter()
+    for i in range(warmup + steps):
+        if on_gpu:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        losses.append(step(batches[i % len(batches)]))
         if i == warmup - 1:
             t_compile = time.perf_counter() - t_compile
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
+    tokens = variant.rows * seq_len
     flops = statistics.mean(model.training_flops(b.layout) for b in batches)
-    return {
-        "variant": "torch.compile" if compiled else "eager", "preset": cfg_name, "params": model.num_params(),
-        "seq_len": seq_len, "docs_per_row": statistics.mean(len(b.layout.boundaries) - 1 for b in batches),
-        "backend": backend, "warmup_s": round(t_compile, 1), "step_ms": round(step_s * 1e3, 1),
-        "step_ms_spread": round((max(times) - min(times)) * 1e3, 1), "step_ms_all": [round(t * 1e3, 1) for t in times], "tokens_per_s": round(seq_len / step_s),
+    result = {
+        "variant": variant.name, "preset": cfg_name, "params": model.num_params(), "rows": variant.rows,
+        "seq_len": seq_len, "docs_per_row": statistics.mean(len(b.layout.boundaries) - 1 for b in batches) / variant.rows,
+        "backend": backend, "graphs": counters["stats"]["unique_graphs"],
+        "graph_breaks": sum(counters["graph_break"].values()), "warmup_s": round(t_compile, 1),
+        "step_ms": round(step_s * 1e3, 1), "step_ms_spread": round((max(times) - min(times)) * 1e3, 1),
+        "step_ms_all": [round(t * 1e3, 1) for t in times], "tokens_per_s": round(tokens / step_s),
         "tflops": round(flops / step_s / 1e12, 1), "mfu": round(flops / step_s / (peak * 1e12), 4),
-        "mfu_6n": round(6 * model.num_params() * seq_len / step_s / (peak * 1e12), 4),
+        "mfu_6n": round(6 * model.num_params() * tokens / step_s / (peak * 1e12), 4),
         "losses_finite": all(math.isfinite(x) for x in losses), "first_loss": losses[0], "last_loss": losses[-1],
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if on_gpu else None,
     }
+    if profile_to is not None:
+        try:
+            activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
+            with torch.profiler.profile(activities=activities) as prof:
+                for batch in batches[:2]:
+                    step(batch)
+            sort = "self_cuda_time_total" if on_gpu else "self_cpu_time_total"
+            profile_to.write_text(prof.key_averages().table(sort_by=sort, row_limit=60, max_name_column_width=100) + "\n")
+        except Exception:  # the profile is an extra: keep the timing
+            traceback.print_exc()
+    return result
 
 
 def table(rows: list[dict], cols: list[str]) -> str:
@@ -180,7 +237,15 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "bench/results"), "gpu_check.json"))
     ap.add_argument("--peak-tflops", type=float, default=990.0)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--variants", type=lambda v: v.split(","), default=["eager", "compiled", "compiled_rows2"],
+                    help=f"training variants, in order (default: eager,compiled,compiled_rows2, ~3 minutes on an "
+                         f"H200); any of {', '.join(VARIANTS)}")
+    ap.add_argument("--profile", metavar="VARIANT", default="compiled",
+                    help="write a torch.profiler table of two steps of this variant beside --out")
     args = ap.parse_args()
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not args.dry_run and device.type != "cuda":
@@ -213,27 +278,31 @@ def main() -> int:
     save()
 
     report["training"] = []
-    for compiled in (False, True):
+    cfg_name, seq_len, mean_doc = ("tiny", 256, 40) if dry else ("proxy-1b", 16_384, 2048)
+    compile_backend = "aot_eager" if dry else "inductor"
+    for name in args.variants:
         try:
-            r = train_throughput(device, "tiny" if dry else "proxy-1b", 256 if dry else 16_384, compiled,
-                                 warmup=3, steps=2 if dry else args.steps, mean_doc=40 if dry else 2048,
-                                 peak=args.peak_tflops, compile_backend="aot_eager" if dry else "inductor")
+            profile_to = out.parent / f"profile_{name}.txt" if name == args.profile else None
+            r = train_throughput(device, cfg_name, seq_len, VARIANTS[name], warmup=3, steps=2 if dry else args.steps,
+                                 mean_doc=mean_doc, peak=args.peak_tflops, compile_backend=compile_backend,
+                                 profile_to=profile_to)
             r["vs_anchor_tokens_per_s"] = round(r["tokens_per_s"] / ANCHOR["tokens_per_s"], 3)
             failures += not r["losses_finite"]
         except Exception as exc:
             traceback.print_exc()
-            r = {"variant": "torch.compile" if compiled else "eager", "error": f"{type(exc).__name__}: {exc}"}
+            r = {"variant": name, "error": f"{type(exc).__name__}: {str(exc)[-500:]}"}
             failures += 1
         report["training"].append(r)
         save()
+        print(f"{name}: " + ", ".join(f"{k} {r.get(k)}" for k in ("step_ms", "tokens_per_s", "mfu", "warmup_s", "graphs", "error") if k in r), flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-    print("## %s training step, %s tokens per row (anchor: %s tok/s, %.1f%% MFU)\n"
-          % (report["training"][0].get("preset"), report["training"][0].get("seq_len"), ANCHOR["tokens_per_s"], 100 * ANCHOR["mfu"]))
-    print(table(report["training"], ["variant", "backend", "docs_per_row", "warmup_s", "step_ms", "step_ms_spread",
-                                     "tokens_per_s", "vs_anchor_tokens_per_s", "tflops", "mfu", "mfu_6n", "peak_mem_gib",
-                                     "error"]))
+    print("\n## %s training step, %s tokens per row (anchor: %s tok/s, %.1f%% MFU)\n"
+          % (cfg_name, seq_len, ANCHOR["tokens_per_s"], 100 * ANCHOR["mfu"]))
+    print(table(report["training"], ["variant", "rows", "docs_per_row", "graphs", "graph_breaks", "warmup_s", "step_ms",
+                                     "step_ms_spread", "tokens_per_s", "vs_anchor_tokens_per_s", "tflops", "mfu",
+                                     "mfu_6n", "peak_mem_gib", "error"]))
     print(f"\nwrote {out}; failures: {failures}")
     return 1 if failures else 0
 

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -106,9 +107,18 @@ def check_backend(name: str) -> str:
     return name
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: DocumentLayout, backend: str) -> torch.Tensor:
-    """Causal attention within documents. q, k, v: (T, heads, head_dim) -> (T, heads, head_dim)."""
-    return _KERNELS[backend](q, k, v, layout)
+def attention_kernel(backend: str) -> Callable[..., torch.Tensor]:
+    """Causal attention within documents for `backend`: kernel(q, k, v, layout), (T, heads, head_dim) each.
+
+    The library lookup (a cached import and a signature check) happens here, once, when the model is
+    built, so the forward that torch.compile traces holds only the kernel call.
+    """
+    if check_backend(backend) not in _LIBRARY:
+        return _KERNELS[backend]
+    fn = _LIBRARY[backend]()
+    if fn is None:
+        raise ValueError(f"attention backend {backend!r} is not installed")
+    return functools.partial(_KERNELS[backend], fn)
 
 
 @functools.cache
@@ -132,14 +142,14 @@ def _torch_varlen():
     return functools.partial(varlen_attn, is_causal=True)
 
 
-def _flash(q, k, v, layout):
+def _flash(flash_attn_varlen_func, q, k, v, layout):
     cu = layout.cu_seqlens
-    return _flash_attn_varlen()(q, k, v, cu, cu, layout.max_seqlen, layout.max_seqlen, causal=True)
+    return flash_attn_varlen_func(q, k, v, cu, cu, layout.max_seqlen, layout.max_seqlen, causal=True)
 
 
-def _varlen(q, k, v, layout):
+def _varlen(causal_varlen_attn, q, k, v, layout):
     cu = layout.cu_seqlens
-    return _torch_varlen()(q, k, v, cu, cu, layout.max_seqlen, layout.max_seqlen)
+    return causal_varlen_attn(q, k, v, cu, cu, layout.max_seqlen, layout.max_seqlen)
 
 
 def _sdpa_mask(q, k, v, layout):
@@ -161,3 +171,4 @@ def _sdpa_docs(q, k, v, layout):
 
 
 _KERNELS = {"flash": _flash, "varlen": _varlen, "sdpa_mask": _sdpa_mask, "sdpa_docs": _sdpa_docs}
+_LIBRARY = {"flash": _flash_attn_varlen, "varlen": _torch_varlen}  # kernels that take their library function first

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from model.attention import DocumentLayout, attend, check_backend
+from model.attention import DocumentLayout, attention_kernel, check_backend
 from model.config import ModelConfig
 
 IGNORE_INDEX = -100
@@ -60,7 +60,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, backend: str):
         super().__init__()
-        self.n_heads, self.head_dim, self.backend = cfg.n_heads, cfg.head_dim, backend
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.attend = attention_kernel(backend)
         self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.k_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
@@ -72,7 +73,7 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(t, self.n_heads, self.head_dim)
         v = self.v_proj(x).view(t, self.n_heads, self.head_dim)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        return self.o_proj(attend(q, k, v, layout, self.backend).reshape(t, -1))
+        return self.o_proj(self.attend(q, k, v, layout).reshape(t, -1))
 
 
 class FeedForward(nn.Module):

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from model.attention import DocumentLayout, attend, available_backends, select_backend
+from model.attention import DocumentLayout, attention_kernel, available_backends, select_backend
 from model.config import preset
 from model.data import BatchOrder, collate, row_labels
 from model.model import IGNORE_INDEX, Transformer
@@ -58,7 +58,7 @@ def test_backend_matches_per_document_reference(backend):
     layout = DocumentLayout.from_rows([r["cu_seqlens"] for r in rows], seq_len)
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(3 * seq_len, heads, dim, generator=gen, requires_grad=True) for _ in range(3))
-    out = attend(q, k, v, layout, backend)
+    out = attention_kernel(backend)(q, k, v, layout)
     ref = reference_attention(q, k, v, layout.boundaries)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
     # gradients too: the backward pass must not leak across documents either
@@ -76,6 +76,14 @@ def test_select_backend():
         select_backend("cpu", "varlen")
     with pytest.raises(ValueError, match="unknown attention backend"):
         select_backend("cpu", "xformers")
+
+
+def test_attention_kernel_is_resolved_when_the_model_is_built():
+    pytest.importorskip("torch.nn.attention.varlen")
+    model = Transformer(preset("tiny", vocab_size=64), "varlen")  # builds on CPU; only running needs CUDA
+    assert model.layers[0].self_attn.attend.func.__name__ == "_varlen"
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        attention_kernel("xformers")
 
 
 def tiny_model(vocab=512, backend="sdpa_docs", **changes):
