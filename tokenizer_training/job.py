@@ -34,9 +34,13 @@ def _capped_sample_bytes(requested: int, max_memory: int) -> int:
 
 
 def _warn_short(plan: SamplePlan) -> None:
-    for bucket in plan.short:
-        log.warning("%s has %s bytes of text, less than the %s its share (%.3f%%) asks: all of it is used",
-                    bucket, f"{plan.available[bucket]:,}", f"{plan.asked[bucket]:,}", 100 * plan.shares[bucket])
+    """One warning listing every language with less text than its share asks (all of it is used)."""
+    if not plan.short:
+        return
+    lines = [f"  {bucket}: {plan.available[bucket]:,} of the {plan.asked[bucket]:,} bytes its share "
+             f"({100 * plan.shares[bucket]:.3f}%) asks" for bucket in plan.short]
+    log.warning("%d language(s) have less text than their sampling share asks; all of their text is used:\n%s",
+                len(plan.short), "\n".join(lines))
 
 
 def _too_little_text(err: VocabularyShortError, plan: SamplePlan, sample: int, min_frequency: int) -> ConfigError:
