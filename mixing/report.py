@@ -7,7 +7,7 @@ import io
 import os
 from pathlib import Path
 
-from mixing.shards import atomic_write_bytes, atomic_write_json
+from pipeline.write import write_bytes_atomic, write_json_atomic
 from mixing.stats import TABLES
 
 _TITLES = {"categories": "Categories", "languages": "Natural languages", "code_languages": "Programming languages"}
@@ -95,11 +95,11 @@ def write_report(stats: dict, out_dir: str | os.PathLike) -> dict[str, str]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": str(out / "stats.json"), "html": str(out / "report.html")}
-    atomic_write_json(paths["json"], stats)
+    write_json_atomic(stats, paths["json"])
     unit = stats.get("unit", "tokens")
     images = {t: _share_plot(stats[t], _TITLES[t], unit) for t in TABLES}
     for t, png in images.items():
         paths[t] = str(out / f"{t}.png")
-        atomic_write_bytes(paths[t], png)
-    atomic_write_bytes(paths["html"], render_html(stats, images).encode("utf-8"))
+        write_bytes_atomic(paths[t], png)
+    write_bytes_atomic(paths["html"], render_html(stats, images).encode("utf-8"))
     return paths

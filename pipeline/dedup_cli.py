@@ -92,12 +92,12 @@ def _collect(ds) -> list:
 
 def run(args: argparse.Namespace) -> int:
     import pyarrow as pa
-    import pyarrow.parquet as pq
     import ray
 
     from pipeline.dedup_ray import exact_dedup, near_dedup
     from pipeline.langid_io import atomic_output, iter_json_records
     from pipeline.ray_session import ray_session
+    from pipeline.write import write_parquet_atomic
     from pipeline.schema import DUPLICATES_SCHEMA
 
     cfg = validate_dedup(DedupConfig(exact=not args.no_exact, near=not args.no_near, threshold=args.threshold,
@@ -119,9 +119,7 @@ def run(args: argparse.Namespace) -> int:
                     removed += _collect(dups)
         dups = pa.concat_tables([DUPLICATES_SCHEMA.empty_table(), *(t.cast(DUPLICATES_SCHEMA) for t in removed)])
         dups = dups.sort_by([("stage", "ascending"), ("id", "ascending")])
-        tmp = out / ".duplicates.parquet.tmp"
-        pq.write_table(dups, tmp)
-        os.replace(tmp, out / "duplicates.parquet")
+        write_parquet_atomic(dups, out / "duplicates.parquet")
         gone = set(dups.column("id").to_pylist())
         with atomic_output(out / "kept.jsonl") as f:
             for n, line, rec in iter_json_records(args.input):

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -30,6 +28,7 @@ import ray
 import xxhash
 
 from pipeline import dedup
+from pipeline.write import write_parquet_atomic
 from pipeline.config import DedupConfig
 from pipeline.minhash import MinHasher, lsh_params
 
@@ -45,20 +44,13 @@ def _part_dir(root: Path, step: str, p: int) -> Path:
     return root / step / f"p={p:05d}"
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
 def _write_pieces(table: pa.Table, parts: np.ndarray, root: Path, step: str, name: Optional[str] = None) -> None:
     """Split `table` by partition and write each non-empty piece as `<step>/p=<partition>/<name>.parquet`;
     without a name, by a hash of its ids, so a retried task overwrites its own pieces instead of adding more."""
     for p in np.unique(parts):
         piece = table.filter(pa.array(parts == p))
         stem = name or xxhash.xxh3_64_hexdigest("\0".join(piece.column("id").to_pylist()).encode("utf-8"))
-        _write_atomic(piece, _part_dir(root, step, int(p)) / f"{stem}.parquet")
+        write_parquet_atomic(piece, _part_dir(root, step, int(p)) / f"{stem}.parquet")
 
 
 def _read_partition(root: Path, step: str, p: int, schema: pa.Schema) -> pa.Table:
@@ -136,8 +128,8 @@ def _exact_partition(root: str, p: int, schema: pa.Schema) -> tuple[int, int]:
     root = Path(root)
     docs = _read_partition(root, "docs", p, schema.append(pa.field(_KEY, pa.binary())))
     kept, dups = dedup.exact_survivors(docs, _KEY)
-    _write_atomic(kept, root / "kept" / f"part-{p:05d}.parquet")
-    _write_atomic(dups, root / "duplicates" / f"part-{p:05d}.parquet")
+    write_parquet_atomic(kept, root / "kept" / f"part-{p:05d}.parquet")
+    write_parquet_atomic(dups, root / "duplicates" / f"part-{p:05d}.parquet")
     return kept.num_rows, dups.num_rows
 
 
@@ -197,7 +189,7 @@ def _near_edges(root: str, p: int, num_partitions: int, num_perm: int, threshold
 def _near_init_labels(root: str, q: int) -> int:
     root = Path(root)
     labels = dedup.initial_labels(_read_partition(root, "edges", q, dedup.EDGE_SCHEMA))
-    _write_atomic(labels, _part_dir(root, "labels-0", q) / "labels.parquet")
+    write_parquet_atomic(labels, _part_dir(root, "labels-0", q) / "labels.parquet")
     return labels.num_rows
 
 
@@ -218,7 +210,7 @@ def _near_relabel(root: str, q: int, rnd: int) -> int:
     root = Path(root)
     labels, changed = dedup.relabel(_read_partition(root, f"labels-{rnd}", q, dedup.LABEL_SCHEMA),
                                     _read_partition(root, f"messages-{rnd}", q, dedup.MESSAGE_SCHEMA))
-    _write_atomic(labels, _part_dir(root, f"labels-{rnd + 1}", q) / "labels.parquet")
+    write_parquet_atomic(labels, _part_dir(root, f"labels-{rnd + 1}", q) / "labels.parquet")
     return changed
 
 
@@ -227,8 +219,8 @@ def _near_split(root: str, p: int, rnd: int, schema: pa.Schema) -> tuple[int, in
     root = Path(root)
     kept, dups = dedup.split_duplicates(_read_partition(root, "docs", p, schema),
                                         _read_partition(root, f"labels-{rnd}", p, dedup.LABEL_SCHEMA))
-    _write_atomic(kept, root / "kept" / f"part-{p:05d}.parquet")
-    _write_atomic(dups, root / "duplicates" / f"part-{p:05d}.parquet")
+    write_parquet_atomic(kept, root / "kept" / f"part-{p:05d}.parquet")
+    write_parquet_atomic(dups, root / "duplicates" / f"part-{p:05d}.parquet")
     return kept.num_rows, dups.num_rows
 
 

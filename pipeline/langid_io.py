@@ -11,8 +11,6 @@ import contextlib
 import gzip
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -57,36 +55,22 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[int, str, dict]]:
             yield line_no, line, record
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[IO[str]]:
     """Write UTF-8 text (compressed by extension) to `path`, all or nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with contextlib.ExitStack() as stack:
-            binary: IO[bytes] = stack.enter_context(open(fd, "wb"))
-            kind = _compression(path)
-            if kind == "gz":
-                # mtime=0 and no file name in the header: same input, same bytes.
-                binary = stack.enter_context(gzip.GzipFile(filename="", mode="wb", fileobj=binary, mtime=0))
-            elif kind == "zst":
-                import zstandard
+    from pipeline.write import atomic_path
 
-                binary = stack.enter_context(zstandard.ZstdCompressor().stream_writer(binary, closefd=False))
-            text = io.TextIOWrapper(binary, encoding="utf-8", newline="\n")
-            yield text
-            text.flush()
-            text.detach()  # the exit stack closes the compressor, then the file
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, contextlib.ExitStack() as stack:
+        binary: IO[bytes] = stack.enter_context(open(tmp, "wb"))
+        kind = _compression(path)
+        if kind == "gz":
+            # mtime=0 and no file name in the header: same input, same bytes.
+            binary = stack.enter_context(gzip.GzipFile(filename="", mode="wb", fileobj=binary, mtime=0))
+        elif kind == "zst":
+            import zstandard
+
+            binary = stack.enter_context(zstandard.ZstdCompressor().stream_writer(binary, closefd=False))
+        text = io.TextIOWrapper(binary, encoding="utf-8", newline="\n")
+        yield text
+        text.flush()
+        text.detach()  # the exit stack closes the compressor, then the file, before the rename

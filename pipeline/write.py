@@ -1,4 +1,4 @@
-"""Deterministic, atomic Parquet output.
+"""Deterministic, atomic output: every file xdp writes goes through `atomic_path`.
 
 Files are named by content partition and hash bucket, never by worker or block, and rows are sorted
 before writing, so the same input gives the same bytes with any number of workers. Each file is
@@ -7,11 +7,12 @@ the final name.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import zlib
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,31 +21,45 @@ import pyarrow.parquet as pq
 PARQUET_OPTIONS = dict(compression="zstd", row_group_size=8192, write_statistics=True)
 
 
-def write_parquet_atomic(table: pa.Table, path: str) -> None:
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary name beside `path`; on success fsync it and rename it to `path`.
+
+    The one way every xdp stage writes a file: a killed writer leaves a hidden temp file, never a
+    half file under the final name.
+    """
+    path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=os.path.dirname(path) or ".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
     os.close(fd)
     try:
-        pq.write_table(table, tmp, **PARQUET_OPTIONS)
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
 
 
-def write_json_atomic(obj: Any, path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+
+
+def write_parquet_atomic(table: pa.Table, path: str | os.PathLike, **options) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, **{**PARQUET_OPTIONS, **options})
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Stable JSON: sorted keys, indented, UTF-8, newline-terminated (same object, same bytes)."""
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
+    write_bytes_atomic(path, json_bytes(obj))
 
 
 def bucket_of(key: str, buckets: int) -> int:

@@ -9,13 +9,14 @@ uniformly; letters keep their combining marks so Indic and Thai words are not cu
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from pathlib import Path
 from typing import Iterable, Optional
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from pipeline.write import json_bytes, write_bytes_atomic
 
 PAD, BOS, EOS = "<pad>", "<|startoftext|>", "<|endoftext|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)  # ids 0, 1, 2, counted inside vocab_size
@@ -84,19 +85,6 @@ def train_bpe(texts: Iterable[str | list[str]], vocab_size: int, min_frequency: 
     return tok
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _json_bytes(obj) -> bytes:
-    return (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
-
-
 def tokenizer_json_bytes(tok: Tokenizer) -> bytes:
     return tok.to_str(pretty=True).encode("utf-8")
 
@@ -122,8 +110,8 @@ def save_tokenizer_dir(out_dir: str | os.PathLike, tok: Tokenizer, report: dict,
     if model_max_length is not None:
         config["model_max_length"] = model_max_length
     report = {**report, "tokenizer_sha256": hashlib.sha256(tok_bytes).hexdigest()}
-    _write_atomic(out / "tokenizer.json", tok_bytes)
-    _write_atomic(out / "tokenizer_config.json", _json_bytes(config))
-    _write_atomic(out / "special_tokens_map.json", _json_bytes(special_map))
-    _write_atomic(out / "training_report.json", _json_bytes(report))
+    write_bytes_atomic(out / "tokenizer.json", tok_bytes)
+    write_bytes_atomic(out / "tokenizer_config.json", json_bytes(config))
+    write_bytes_atomic(out / "special_tokens_map.json", json_bytes(special_map))
+    write_bytes_atomic(out / "training_report.json", json_bytes(report))
     return report
