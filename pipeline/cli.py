@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"xdp: config error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a missing or unreadable file, a full disk: say which, no traceback
+        if args.verbose:
+            raise
+        print(f"xdp: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("xdp: interrupted", file=sys.stderr)
         return 130

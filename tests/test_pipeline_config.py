@@ -45,3 +45,13 @@ def test_bad_yaml_and_missing_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("inputs: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_cli_reports_missing_files_without_a_traceback(capsys):
+    from pipeline.cli import main
+
+    assert main(["langid", "/nonexistent/in.jsonl", "/tmp/never-written.jsonl"]) == 1
+    err = capsys.readouterr().err
+    assert "No such file or directory: /nonexistent/in.jsonl" in err and "Traceback" not in err
+    assert main(["clean", "--config", "/nonexistent/job.yaml"]) == 2
+    assert "config file not found" in capsys.readouterr().err
