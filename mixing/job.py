@@ -58,7 +58,7 @@ def tokenized(cleaned_dir: str, tokenizer_dir: str, seed: int):
     workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
     return ray.data.read_parquet(cleaned_dir).map_batches(
         Tokenize, fn_constructor_args=(tokenizer_dir, seed), batch_format="pyarrow",
-        batch_size=_TOKENIZE_BATCH, concurrency=(1, workers), num_cpus=1,
+        batch_size=_TOKENIZE_BATCH, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers), num_cpus=1,
         # one CPU per actor: keep the tokenizer's own thread pool from oversubscribing the node
         runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
 
