@@ -13,6 +13,7 @@ atomically, so 1, 2 or N workers give the same bytes. Output layout:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -56,6 +57,25 @@ def _quarantined(batch: pa.Table) -> pa.Table:
         "source_file": bad.column("source"), "position": bad.column("position"), "reason": bad.column("reason"),
         "raw": bad.column("raw"), "category": bad.column("category"), "n_chars": bad.column("n_chars"),
     }, schema=QUARANTINE_SCHEMA)
+
+
+# Input ids need not be unique (two sources both numbering from 0). Dedup keys its graph by id, so
+# during dedup a document's id is extended by its (source, position), unique per record read; the
+# separator sorts below every printable character, so "smallest id survives" keeps its meaning.
+_ID_SEP = "\x1f"
+
+
+def _unique_ids(batch: pa.Table) -> pa.Table:
+    ids = [f"{i}{_ID_SEP}{s}{_ID_SEP}{p:012d}" for i, s, p in zip(
+        batch.column("id").to_pylist(), batch.column("source").to_pylist(), batch.column("position").to_pylist())]
+    return batch.set_column(batch.column_names.index("id"), "id", pa.array(ids, pa.string()))
+
+
+def _input_ids(batch: pa.Table, columns: list[str]) -> pa.Table:
+    for name in columns:
+        values = [v.rsplit(_ID_SEP, 2)[0] if v is not None else None for v in batch.column(name).to_pylist()]
+        batch = batch.set_column(batch.column_names.index(name), name, pa.array(values, pa.string()))
+    return batch
 
 
 def _partition_path(category: str, lang) -> str:
@@ -193,14 +213,17 @@ class CleanJob:
         from pipeline.dedup_ray import exact_dedup, near_dedup
 
         dups = []
-        kept = labelled
+        kept = labelled.map_batches(_unique_ids, batch_format="pyarrow")
         if self.cfg.dedup.exact:
             kept, d = exact_dedup(kept, self.cfg.dedup, str(self.work / "exact"))
             dups.append(d)
         if self.cfg.dedup.near:
             kept, d = near_dedup(kept, self.cfg.dedup, str(self.work / "near"))
             dups.append(d)
-        return kept, dups
+        restore = functools.partial(_input_ids, columns=["id"])
+        restore_dups = functools.partial(_input_ids, columns=["id", "duplicate_of"])
+        return (kept.map_batches(restore, batch_format="pyarrow"),
+                [d.map_batches(restore_dups, batch_format="pyarrow") for d in dups])
 
     def _write(self, staged, kept, dup_sets) -> dict:
         import ray

@@ -49,8 +49,14 @@ def _write_corpus(root: Path, shared: Path) -> dict:
             for i in range(6)]
     code.append({"id": "c99", "text": code[0]["text"], "path": "vendor/m0.py"})  # exact duplicate file
     (root / "code.jsonl").write_text("\n".join(json.dumps(r) for r in code) + "\n")
+    # Another source reusing ids that dedup removes elsewhere, with unrelated texts: must be kept.
+    collide = [{"id": "z000", "text": "How do I reset my password? Open the settings page, choose the account tab "
+                                      "and follow the link that the service sends to your registered address."},
+               {"id": "x000", "text": "Why does the printer stop after every page? Its driver waits for the spooler; "
+                                      "install the current driver package and restart the print service."}]
+    (root / "faq.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in collide) + "\n")
     return {"web": len(web) + len(exact) + len(near), "bad": len(bad), "code": len(code),
-            "exact": len(exact) + 1, "near": len(near)}
+            "exact": len(exact) + 1, "near": len(near), "qa": len(collide)}
 
 
 def _config(root: Path, out: Path):
@@ -59,6 +65,7 @@ def _config(root: Path, out: Path):
             {"path": str(root / "web.jsonl"), "category": "web"},
             {"path": str(root / "bad.jsonl.gz"), "category": "books"},
             {"path": str(root / "code.jsonl"), "category": "code", "path_field": "path"},
+            {"path": str(root / "faq.jsonl"), "category": "qa"},
         ],
         "output": str(out),
         "ray": {"num_cpus": 2},
@@ -94,7 +101,7 @@ def one_node_run(corpus, tmp_path_factory):
 def test_accounting_quarantine_and_dedup(one_node_run):
     out, stats, counts = one_node_run
     acc = stats["accounting"]
-    assert acc["read"] == counts["web"] + counts["bad"] + counts["code"]
+    assert acc["read"] == counts["web"] + counts["bad"] + counts["code"] + counts["qa"]
     assert acc["balanced"] and acc["quarantined"] == counts["bad"]
     quarantine = pq.read_table(out / "quarantine").to_pylist()
     assert {q["reason"].split(":")[0] for q in quarantine} == {"invalid_json", "text_not_string", "missing_text",
@@ -107,6 +114,8 @@ def test_accounting_quarantine_and_dedup(one_node_run):
     assert {"c99": "c0"}.items() <= {d["id"]: d["duplicate_of"] for d in exact}.items()
     cleaned = pads.dataset(out / "cleaned", format="parquet", partitioning="hive").to_table()
     assert cleaned.num_rows == acc["kept"]
+    qa_ids = cleaned.filter(pads.field("category") == "qa").column("id").to_pylist()
+    assert sorted(qa_ids) == ["x000", "z000"]  # same ids as removed duplicates, different documents
     langs = {(r["category"], r["lang"]) for r in cleaned.select(["category", "lang"]).to_pylist()}
     assert {("web", "en"), ("web", "zh"), ("web", "ja"), ("code", None)} <= langs
     code_langs = set(cleaned.filter(pads.field("category") == "code").column("code_lang").to_pylist())
