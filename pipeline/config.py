@@ -276,7 +276,7 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     def fix(p: Optional[str]) -> Optional[str]:
         if p is None or _is_uri(p) or os.path.isabs(p) or p.startswith("file://"):
             return p
-        return str((base / p))
+        return os.path.normpath(str(base / p))
 
     for src in cfg.inputs:
         src.path = fix(src.path)
