@@ -51,6 +51,10 @@ def _valid_docs(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.is_null(batch.column("reason"))).select(DOC_COLUMNS)
 
 
+def _valid_count(batch: pa.Table) -> pa.Table:
+    return pa.table({"valid": [batch.column("reason").null_count]})
+
+
 def _quarantined(batch: pa.Table) -> pa.Table:
     bad = batch.filter(pc.is_valid(batch.column("reason")))
     return pa.table({
@@ -160,11 +164,10 @@ class CleanJob:
             shutil.rmtree(self.work)
         self.work.mkdir(parents=True)
         with ray_session(self.cfg.ray):
-            ctx = ray.data.DataContext.get_current()
-            ctx.enable_progress_bars = True
             staged = self._timed("read", self._read)
             kept, dup_sets = None, []
-            if staged.map_batches(_valid_docs, batch_format="pyarrow").count():
+            reasons = ray.data.read_parquet(str(self.work / "read"), partitioning=None, columns=["reason"])
+            if reasons.map_batches(_valid_count, batch_format="pyarrow").sum("valid"):
                 labelled = self._timed("langid", self._langid, staged)
                 kept, dup_sets = self._timed("dedup", self._dedup, labelled)
             written = self._timed("write", self._write, staged, kept, dup_sets)

@@ -10,7 +10,7 @@ import glob
 import os
 from dataclasses import dataclass
 
-from pipeline.config import Config, ConfigError, InputSource, infer_format
+from pipeline.config import Config, ConfigError, infer_format
 
 _MAGIC = set("*?[")
 
@@ -86,7 +86,3 @@ def list_input_files(cfg: Config) -> list[InputFile]:
             raise ConfigError(f"inputs[{spec_index}].path: no readable jsonl/jsonl.gz/jsonl.zst/parquet "
                               f"files found under {spec.path}")
     return out
-
-
-def spec_for(cfg: Config, f: InputFile) -> InputSource:
-    return cfg.inputs[f.spec_index]
