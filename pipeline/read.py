@@ -5,12 +5,23 @@ Every record read becomes exactly one row: a valid document (`reason` null) or a
 a record that is not an object, a missing or non-string text, an unknown category, an oversized
 record, or a file that breaks mid-way (truncated gzip/zstd, unreadable) is reported with its file
 and position (JSONL: 1-based line number; Parquet: 0-based row index).
+
+A file-level failure (cannot be opened: missing, dangling or looping symlink, no permission; not a
+regular file: directory, FIFO, device; broken archive) is one `read_error` row at the position where
+reading stopped: the line after the last complete one for JSONL (1 if nothing could be read), the
+next row index for Parquet (0 if nothing could be read). Records before the break are kept.
+
+Lenient where the intent is unambiguous: a UTF-8 BOM at the start of any line (files joined with
+`cat`) is skipped, and raw control characters inside JSON strings (a NUL or tab byte) are accepted;
+normalize removes them. Strings that reach Arrow never hold lone surrogates.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
 import json
+import os
+import stat
 from typing import IO, Iterator, Optional
 
 import pyarrow as pa
@@ -59,9 +70,10 @@ class RecordValidator:
                 self.consumed.add(field)
 
     def quarantine(self, position: int, reason: str, raw: str, n_chars: int, category=None) -> dict:
-        raw = replace_surrogates(raw[: self.cfg.raw_preview_chars])
-        return dict(source=self.file.url, position=position, reason=reason, raw=raw,
-                    n_chars=n_chars, category=category)
+        # A file name that is not UTF-8, or an error message quoting one, carries surrogate escapes.
+        return dict(source=replace_surrogates(self.file.url), position=position, reason=replace_surrogates(reason),
+                    raw=replace_surrogates(raw[: self.cfg.raw_preview_chars]), n_chars=n_chars,
+                    category=replace_surrogates(category) if category is not None else None)
 
     def row(self, record, position: int, raw_size: int, raw_text) -> dict:
         preview = raw_text if raw_text is not None else ""
@@ -98,9 +110,30 @@ class RecordValidator:
         extra = {k: v for k, v in record.items() if k not in self.consumed}
         meta = replace_surrogates(json.dumps(extra, ensure_ascii=False, sort_keys=True, default=str)) if extra else None
         return dict(id=replace_surrogates(str(doc_id)), text=text, category=category,
-                    code_lang=code_lang if isinstance(code_lang, str) else None,
+                    code_lang=replace_surrogates(code_lang) if isinstance(code_lang, str) else None,
                     path=replace_surrogates(path) if isinstance(path, str) else None,
                     source=self.file.source, position=position, n_chars=len(text), meta=meta)
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+               (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
+def _open_local(path: str) -> IO[bytes]:
+    """Open a regular file for reading; anything else raises OSError instead of blocking (a FIFO) or
+    streaming forever (/dev/zero)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # O_NONBLOCK: opening a FIFO returns
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "special file")
+            raise OSError(f"not a regular file ({kind})")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _open_bytes(url: str) -> IO[bytes]:
@@ -108,7 +141,7 @@ def _open_bytes(url: str) -> IO[bytes]:
         import fsspec
 
         return fsspec.open(url, "rb").open()
-    return open(url[len("file://"):] if url.startswith("file://") else url, "rb")
+    return _open_local(url[len("file://"):] if url.startswith("file://") else url)
 
 
 def _decompressed(raw: IO[bytes], fmt: str) -> IO[bytes]:
@@ -198,7 +231,7 @@ def _read_jsonl(file: InputFile, validator: RecordValidator, cfg: ReadConfig) ->
                     yield validator.quarantine(position, "oversized_record",
                                                head.decode("utf-8", "replace"), size)
                     continue
-                if position == 1 and line.startswith(b"\xef\xbb\xbf"):
+                if line.startswith(b"\xef\xbb\xbf"):  # not only on line 1: files joined with cat
                     line = line[3:]
                 line = line.rstrip(b"\r")
                 if not line.strip():
@@ -210,12 +243,17 @@ def _read_jsonl(file: InputFile, validator: RecordValidator, cfg: ReadConfig) ->
                                                line.decode("utf-8", "replace"), size)
                     continue
                 try:
-                    record = json.loads(text)
-                except (json.JSONDecodeError, RecursionError) as exc:
-                    msg = "nested too deeply" if isinstance(exc, RecursionError) else exc.msg
-                    yield validator.quarantine(position, f"invalid_json: {msg}", text, size)
-                    continue
-                yield validator.row(record, position, size, text)
+                    # strict=False: a raw control character inside a string (NUL, tab) does not make the
+                    # record unreadable; normalize removes it. ValueError also covers integers longer
+                    # than Python's int_max_str_digits, which json raises outside JSONDecodeError.
+                    # RecursionError can also come from row() re-encoding deeply nested extra fields.
+                    record = json.loads(text, strict=False)
+                    row = validator.row(record, position, size, text)
+                except (ValueError, RecursionError) as exc:
+                    msg = ("nested too deeply" if isinstance(exc, RecursionError)
+                           else exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)[:200])
+                    row = validator.quarantine(position, f"invalid_json: {msg}", text, size)
+                yield row
     except Exception as exc:  # truncated archive, unreadable file, lost connection: report, go on
         detail = str(exc) if isinstance(exc, ReadError) else f"{type(exc).__name__}: {exc}"
         yield validator.quarantine(position + 1, f"read_error: {detail}", "", 0)
