@@ -39,6 +39,8 @@ def register(sub) -> None:
     p.add_argument("--report", metavar="DIR", help="also write stats.json, PNG plots and report.html here")
     p.add_argument("--tokenizer", help="cleaned directories: count tokens with this tokenizer (uses Ray)")
     p.add_argument("--ratios", help="cleaned directories: ratio YAML for the targets (default: XVERSE-65B)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="shard directories: skip checking every shard's sha256 against the manifest")
     p.set_defaults(func=cmd_stats)
 
 
@@ -58,12 +60,12 @@ def _print_tables(stats: dict, out=sys.stdout) -> None:
 
 
 def cmd_plan(args) -> int:
-    from mixing.job import default_dirs, document_counts, plan_from_counts
+    from mixing.job import default_dirs, plan_cleaned
     from pipeline.config import load_config
 
     cfg = load_config(args.config)
     cleaned, tokenizer = default_dirs(cfg, args.cleaned, args.tokenizer)
-    plan, selections = plan_from_counts(document_counts(cleaned, tokenizer, cfg.mixing.seed, cfg.ray), cfg.mixing)
+    plan, selections = plan_cleaned(cleaned, tokenizer, cfg)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
         return 0
@@ -102,9 +104,15 @@ def cmd_stats(args) -> int:
     from mixing.stats import find_shard_dir, shard_stats
     from pipeline.config import ConfigError
 
+    from mixing.shards import ShardError
+
     shard_dir = find_shard_dir(args.dir)
     if shard_dir is not None:
-        stats = shard_stats(shard_dir)
+        try:
+            stats = shard_stats(shard_dir, verify=not args.no_verify)
+        except ShardError as exc:
+            print(f"xdp stats: {exc}", file=sys.stderr)
+            return 1
     elif Path(args.dir).is_dir():
         from mixing.job import cleaned_counts
         from mixing.ratios import load_ratios

@@ -20,14 +20,10 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from mixing.shards import read_manifest, sha256_file
+from mixing.shards import ShardError, check_present, read_manifest, verify_shard
 
 _OPEN_FILES = 8  # open shard files per process (bounded for directories of thousands of shards)
 _CACHED_ROW_GROUPS = 16  # decoded row groups kept per process (16 x 8 rows x 64 KiB at L=16K)
-
-
-class ShardError(RuntimeError):
-    """A shard does not match its manifest (missing, truncated, corrupt or of the wrong shape)."""
 
 
 class _ShardIndex:
@@ -40,9 +36,7 @@ class _ShardIndex:
         self.shards = self.manifest["shards"]
         self.starts = np.concatenate([[0], np.cumsum([s["sequences"] for s in self.shards])]).astype(np.int64)
         self.verify = verify
-        for entry in self.shards:
-            if not (self.dir / entry["file"]).is_file():
-                raise ShardError(f"{self.dir / entry['file']}: listed in the manifest but missing")
+        check_present(self.dir, self.manifest)
         self._verified: set[int] = set()
         self._files: OrderedDict = OrderedDict()  # shard -> (ParquetFile, row-group starts), a few open
         self._groups: OrderedDict = OrderedDict()
@@ -56,12 +50,7 @@ class _ShardIndex:
         return state
 
     def verify_shard(self, i: int) -> None:
-        entry = self.shards[i]
-        path = self.dir / entry["file"]
-        digest = sha256_file(path)
-        if digest != entry["sha256"]:
-            raise ShardError(f"{path}: sha256 {digest} does not match the manifest ({entry['sha256']}); "
-                             "the shard is corrupt or truncated")
+        verify_shard(self.dir, self.shards[i])
 
     def _open(self, i: int) -> tuple[pq.ParquetFile, np.ndarray]:
         if i in self._files:

@@ -183,3 +183,32 @@ def read_manifest(shard_dir: str | os.PathLike) -> dict:
         if key not in manifest:
             raise ValueError(f"{path}: missing key {key!r}")
     return manifest
+
+
+class ShardError(RuntimeError):
+    """A shard does not match its manifest (missing, truncated, corrupt or of the wrong shape)."""
+
+
+def check_present(shard_dir: str | os.PathLike, manifest: dict) -> None:
+    """Every shard the manifest lists exists (cheap; run on open)."""
+    for entry in manifest["shards"]:
+        if not (Path(shard_dir) / entry["file"]).is_file():
+            raise ShardError(f"{Path(shard_dir) / entry['file']}: listed in the manifest but missing")
+
+
+def verify_shard(shard_dir: str | os.PathLike, entry: dict) -> None:
+    """The shard's sha256 is the manifest's, else ShardError naming the file."""
+    path = Path(shard_dir) / entry["file"]
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise ShardError(f"{path}: sha256 {digest} does not match the manifest ({entry['sha256']}); "
+                         "the shard is corrupt or truncated")
+
+
+def verify_shards(shard_dir: str | os.PathLike) -> dict:
+    """Check every shard against the manifest; returns the manifest."""
+    manifest = read_manifest(shard_dir)
+    check_present(shard_dir, manifest)
+    for entry in manifest["shards"]:
+        verify_shard(shard_dir, entry)
+    return manifest

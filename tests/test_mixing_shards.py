@@ -176,3 +176,20 @@ def test_rewrite_removes_stale_shards(tmp_path):
     manifest = write_shards(_sequences(5), tmp_path, sequence_length=L, sequences_per_shard=10)
     assert sorted(p.name for p in tmp_path.glob("shard-*")) == ["shard-00000.parquet"]
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_xdp_stats_refuses_a_damaged_shard_and_names_it(shard_dir, damage, capsys):
+    from pipeline.cli import main
+
+    path, _, _ = shard_dir
+    victim = path / "shard-00001.parquet"
+    data = bytearray(victim.read_bytes())
+    if damage == "flip":
+        data[len(data) // 3] ^= 0x01  # one bit of one byte
+    else:
+        del data[len(data) - 100:]
+    victim.write_bytes(bytes(data))
+    assert main(["stats", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "shard-00001.parquet" in err and "does not match the manifest" in err
