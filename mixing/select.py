@@ -64,38 +64,107 @@ class BucketSelection:
     documents: int  # documents taken, counting repeats
 
 
-def plan_selection(planned_tokens: float, h: np.ndarray, n_tokens: np.ndarray) -> BucketSelection:
-    """Choose full epochs and the fractional epoch's documents for one bucket."""
-    available = int(n_tokens.sum())
+# The fractional epoch is located with a histogram of epoch hashes (their top HIST_BITS bits), so
+# the planner holds O(bins) numbers per bucket, and documents one by one only where the cut falls.
+HIST_BITS = 12
+BINS = 1 << HIST_BITS
+_SHIFT = np.uint64(64 - HIST_BITS)
+
+
+def hash_bins(eh: np.ndarray) -> np.ndarray:
+    return (eh >> _SHIFT).astype(np.int64)
+
+
+def histogram(eh: np.ndarray, n_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(documents, tokens) per hash bin."""
+    bins = hash_bins(eh)
+    return (np.bincount(bins, minlength=BINS).astype(np.int64),
+            np.bincount(bins, weights=n_tokens, minlength=BINS).round().astype(np.int64))
+
+
+@dataclass(frozen=True)
+class FractionWindow:
+    """Bins [0, first) fit the fractional epoch whole (base_docs, base_tokens); the cut and the
+    documents scanned after it lie in bins [first, last], the only ones looked at document by document."""
+
+    first: int
+    last: int
+    base_docs: int
+    base_tokens: int
+
+    def contains(self, eh: np.ndarray) -> np.ndarray:
+        bins = hash_bins(eh)
+        return (bins >= self.first) & (bins <= self.last)
+
+
+def fraction_window(remainder: float, docs: np.ndarray, tokens: np.ndarray) -> FractionWindow:
+    cum_tokens, cum_docs = np.cumsum(tokens), np.cumsum(docs)
+    first = min(int(np.searchsorted(cum_tokens, remainder, side="right")), BINS - 1)
+    base_docs = int(cum_docs[first - 1]) if first else 0
+    base_tokens = int(cum_tokens[first - 1]) if first else 0
+    needed = base_docs + int(docs[first]) + _SCAN  # the cut lies in bin `first`; the scan goes _SCAN past it
+    last = min(int(np.searchsorted(cum_docs, needed, side="left")), BINS - 1)
+    return FractionWindow(first, last, base_docs, base_tokens)
+
+
+def selection_from_window(full: int, available: int, documents: int, remainder: float, window: FractionWindow,
+                          eh: np.ndarray, n_tokens: np.ndarray) -> BucketSelection:
+    """Finish a bucket's selection from the documents of its window: (epoch hash, tokens) of each."""
+    order = np.lexsort((n_tokens, eh))  # epoch-hash order; ties (never seen) by length, not arrival
+    eh, sizes = eh[order], n_tokens[order]
+    cum = window.base_tokens + np.cumsum(sizes)
+    k = int(np.searchsorted(cum, remainder, side="right"))  # the prefix that fits: cum[k-1] <= remainder
+    if k:
+        cutoff, part_tokens, part_docs = int(eh[k - 1]), int(cum[k - 1]), window.base_docs + k
+    elif window.base_docs:  # the whole bins before the window fit, nothing inside it does
+        cutoff, part_tokens, part_docs = (window.first << int(_SHIFT)) - 1, window.base_tokens, window.base_docs
+    else:
+        cutoff, part_tokens, part_docs = _NO_CUTOFF, 0, 0
+    extra, left, skipped = [], remainder - part_tokens, []
+    for i, size in enumerate(sizes[k:k + _SCAN].tolist(), start=k):
+        if left < 0.5:
+            break
+        if size <= left:
+            extra.append(int(eh[i]))
+            left -= size
+            part_tokens += size
+        else:
+            skipped.append((i, size))
+    # one overshooting document is still worth taking if it lands closer to the plan
+    overshoot = next(((i, size) for i, size in skipped if size < 2 * left), None) if left >= 0.5 else None
+    if overshoot is not None:
+        extra.append(int(eh[overshoot[0]]))
+        part_tokens += overshoot[1]
+    return BucketSelection(full, cutoff, tuple(extra), full * available + part_tokens,
+                           full * documents + part_docs + len(extra))
+
+
+def split_rate(planned_tokens: float, available: int) -> tuple[int, float]:
+    """(full epochs, tokens left for the fractional epoch) of a bucket planned at `planned_tokens`."""
     rate = planned_tokens / available if available else 0.0
     full = int(math.floor(rate + 1e-12))
-    remainder = planned_tokens - full * available
-    cutoff, extra, part_tokens, part_docs = _NO_CUTOFF, [], 0, 0
-    if remainder > 0 and h.size:
-        eh = epoch_hash(h, full)
-        order = np.argsort(eh, kind="stable")
-        sizes = n_tokens[order]
-        cum = np.cumsum(sizes)
-        k = int(np.searchsorted(cum, remainder, side="right"))  # the prefix that fits: cum[k-1] <= remainder
-        if k:
-            cutoff, part_tokens, part_docs = int(eh[order[k - 1]]), int(cum[k - 1]), k
-        left, skipped = remainder - part_tokens, []
-        for i, size in enumerate(sizes[k:k + _SCAN].tolist(), start=k):
-            if left < 0.5:
-                break
-            if size <= left:
-                extra.append(int(eh[order[i]]))
-                left -= size
-                part_tokens += size
-            else:
-                skipped.append((i, size))
-        # one overshooting document is still worth taking if it lands closer to the plan
-        overshoot = next(((i, size) for i, size in skipped if size < 2 * left), None) if left >= 0.5 else None
-        if overshoot is not None:
-            extra.append(int(eh[order[overshoot[0]]]))
-            part_tokens += overshoot[1]
-        part_docs += len(extra)
-    return BucketSelection(full, cutoff, tuple(extra), full * available + part_tokens, full * h.size + part_docs)
+    return full, planned_tokens - full * available
+
+
+def whole_epochs(full: int, available: int, documents: int) -> BucketSelection:
+    """A bucket taken `full` times over, with no fractional epoch."""
+    return BucketSelection(full, _NO_CUTOFF, (), full * available, full * documents)
+
+
+def plan_selection(planned_tokens: float, h: np.ndarray, n_tokens: np.ndarray) -> BucketSelection:
+    """Choose full epochs and the fractional epoch's documents for one bucket held in memory.
+
+    The same steps as the distributed planner (`mixing.job`), which builds the histogram and
+    gathers the window's documents on Ray workers: both give the same selection.
+    """
+    available = int(n_tokens.sum())
+    full, remainder = split_rate(planned_tokens, available)
+    if remainder <= 0 or not h.size:
+        return whole_epochs(full, available, h.size)
+    eh = epoch_hash(h, full)
+    window = fraction_window(remainder, *histogram(eh, n_tokens))
+    inside = window.contains(eh)
+    return selection_from_window(full, available, h.size, remainder, window, eh[inside], n_tokens[inside])
 
 
 def copies(h: np.ndarray, selection: list[BucketSelection], bucket: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ as a `map_batches` callable class so each worker loads the tokenizer once.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -114,3 +115,16 @@ class Tokenize:
                                  count=len(texts)).view(np.int64)),
             pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat)),
         ], schema=TOKENIZED_SCHEMA)
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(tokenizer_dir: str, sha256: str, seed: int) -> Tokenize:
+    return Tokenize(tokenizer_dir, seed)
+
+
+def tokenize_batch(batch: pa.Table, tokenizer_dir: str, sha256: str, seed: int) -> pa.Table:
+    """``map_batches`` function: `Tokenize` loaded once per worker process (keyed by the file's sha256).
+
+    Plain tasks rather than an actor pool, for the reason given in `pipeline.langid.label_batch`.
+    """
+    return _tokenizer(tokenizer_dir, sha256, seed)(batch)

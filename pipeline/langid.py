@@ -1,8 +1,8 @@
 """Language ID stage: fastText lid.176 -> one of the 41 XVERSE languages or ``other``; code -> ``code_lang``.
 
 `LanguageIdentifier` wraps the model and the tuned decision rule (`pipeline.langid_rules`);
-`label_table` adds the stage's columns to an Arrow table; `LangIdStage` is the same as a callable class
-so Ray's ``map_batches`` loads the model once per actor.
+`label_table` adds the stage's columns to an Arrow table; `label_batch` is the same for Ray's
+``map_batches``, loading the model once per worker process.
 
 The model is fastText's ``predict`` from ``fasttext-predict`` (the only ``fasttext`` provider we
 install). Its list-input ``predict`` is broken in 0.9.2.4 (the C++ side returns labels without
@@ -10,6 +10,7 @@ probabilities: wrong results for two texts, an exception otherwise), so texts go
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -138,18 +139,16 @@ def label_table(table: pa.Table, identifier: LanguageIdentifier) -> pa.Table:
                .append_column("code_lang", pa.array(codes, type=pa.string())))
 
 
-class LangIdStage:
-    """``map_batches`` callable: builds its `LanguageIdentifier` once, in the worker that runs it.
+@functools.lru_cache(maxsize=4)
+def _identifier(model_path: Optional[str], threshold: float, rules: Optional[str]) -> LanguageIdentifier:
+    return LanguageIdentifier(model_path, threshold, rules)
 
-    Pickles as its constructor arguments, so the fastText model itself never travels.
+
+def label_batch(batch: pa.Table, model_path: Optional[str] = None, threshold: float = 0.0,
+                rules: Optional[str] = None) -> pa.Table:
+    """``map_batches`` function: `label_table` with a model loaded once per worker process.
+
+    A plain task, not an actor: it fuses with the read before it, uses every CPU, and a lost node
+    only means retried tasks (an actor pool holding the last CPU would starve the reads feeding it).
     """
-
-    def __init__(self, model_path: Optional[str] = None, threshold: float = 0.0, rules: Optional[str] = None):
-        self._args = (model_path, threshold, rules)
-        self.identifier = LanguageIdentifier(model_path, threshold, rules)
-
-    def __reduce__(self):
-        return (LangIdStage, self._args)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return label_table(batch, self.identifier)
+    return label_table(batch, _identifier(model_path, threshold, rules))

@@ -2,7 +2,7 @@
 
 `xdp langid` runs in this process, streaming: on one file, fastText's per-record cost is all there is,
 and starting Ray (seconds) would make it slower than the plain script it replaces (bench/bench_langid.py).
-The clean job gets its parallelism from `LangIdStage` inside Ray Data instead.
+The clean job gets its parallelism from `label_batch` tasks inside Ray Data instead.
 """
 from __future__ import annotations
 

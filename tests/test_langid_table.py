@@ -1,12 +1,11 @@
-"""label_table / LangIdStage: the Arrow contract of the language-ID stage."""
+"""label_table / label_batch: the Arrow contract of the language-ID stage."""
 from __future__ import annotations
 
-import pickle
 
 import pyarrow as pa
 import pytest
 
-from pipeline.langid import LangIdStage, LanguageIdentifier, label_table
+from pipeline.langid import LanguageIdentifier, _identifier, label_batch, label_table
 from pipeline.config import ConfigError
 
 
@@ -62,19 +61,18 @@ def test_missing_required_column_is_a_clear_error(identifier):
         label_table(docs().drop_columns(["category"]), identifier)
 
 
-def test_stage_pickles_as_its_arguments_and_labels_like_label_table(identifier):
-    stage = LangIdStage(threshold=0.1)
-    clone = pickle.loads(pickle.dumps(stage))
-    assert clone.identifier is not stage.identifier and clone.identifier.threshold == 0.1
-    assert clone(docs()).equals(label_table(docs(), LanguageIdentifier(threshold=0.1)))
+def test_label_batch_loads_the_model_once_per_process_and_labels_like_label_table(identifier):
+    first = label_batch(docs(), threshold=0.1)
+    assert first.equals(label_table(docs(), LanguageIdentifier(threshold=0.1)))
+    label_batch(docs(), threshold=0.1)
+    assert _identifier.cache_info().hits >= 1  # the second batch reused the loaded model
 
 
-def test_stage_runs_in_ray_data_map_batches(ray_local):
+def test_label_batch_runs_in_ray_data_map_batches(ray_local):
     import ray
 
     ds = ray.data.from_arrow(docs()).repartition(2)
-    rows = ds.map_batches(LangIdStage, fn_constructor_kwargs={"threshold": 0.0}, batch_format="pyarrow",
-                          compute=ray.data.ActorPoolStrategy(size=1)).take_all()
+    rows = ds.map_batches(label_batch, fn_kwargs={"threshold": 0.0}, batch_format="pyarrow").take_all()
     rows.sort(key=lambda r: r["id"])
     assert [r["lang"] for r in rows] == ["de", None, "pl", None, "other"]
     assert [r["code_lang"] for r in rows] == [None, "other", None, "other", None]

@@ -112,3 +112,36 @@ def test_selection_skips_documents_too_long_for_what_is_left():
     rows, _ = copies(h, [sel], np.zeros(n.size, dtype=np.int64))
     assert n[rows].sum() == sel.tokens and n[rows].max() < 1_000
     assert plan_selection(0.001, h, n).documents == 0  # a bucket planned at ~0 takes nothing
+
+
+def test_planning_on_ray_equals_planning_in_memory(ray_local):
+    """plan_on_ray (sums + histograms + windows on workers) chooses exactly what plan_selection does."""
+    import pyarrow as pa
+    import ray
+
+    from mixing.job import plan_on_ray
+    from pipeline.config import MixingConfig
+
+    rng = np.random.default_rng(7)
+    sizes = {("web", "en"): 60_000, ("web", "zh"): 3_000, ("books", "de"): 700, ("code", "Python"): 5_000,
+             ("papers", "fr"): 40}
+    cats, keys, n, ids = [], [], [], []
+    for (cat, key), count in sizes.items():
+        cats += [cat] * count
+        keys += [key] * count
+        n.append(rng.integers(1, 3_000, size=count))
+        ids += [f"{cat}/{key}/{i}" for i in range(count)]
+    n = np.concatenate(n)
+    h = doc_hash(ids, seed=3)
+    meta = pa.table({"category": cats, "key": keys, "n_tokens": n, "h": pa.array(h, pa.uint64())})
+    order = rng.permutation(meta.num_rows)  # arrival order must not matter
+    ds = ray.data.from_arrow(meta.take(order)).repartition(7)
+    fractional = 0
+    for total in (None, 5_000_000):
+        plan, selections = plan_on_ray(ds, MixingConfig(total_tokens=total))
+        for b in plan.buckets:
+            rows = np.flatnonzero((np.array(cats) == b.category) & (np.array(keys) == b.key))
+            expected = plan_selection(b.tokens, h[rows], n[rows])
+            assert selections[(b.category, b.key)] == expected, b.name
+            fractional += expected.cutoff != -1 or bool(expected.extra)
+    assert fractional >= 3  # the histogram path was exercised
