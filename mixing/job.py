@@ -1,9 +1,11 @@
 """The mixing job on Ray: tokenize once, plan from exact counts, select, order, pack, write.
 
-1. Ray Data reads the cleaned Parquet and tokenizes it (`Tokenize`, EOS after every document) into a
+1. Ray Data reads the cleaned Parquet and tokenizes it (`tokenize_batch`, EOS after every document) into a
    temporary token cache next to the output, so tokenization happens once.
-2. The driver reads only the small per-document columns of the cache (bucket, tokens, hash), plans the
-   mix (`plan_mix`) and the per-bucket selection (`plan_selection`): exact counts, exact shares.
+2. Ray reduces the small per-document columns of the cache (bucket, tokens, hash) to per-bucket sums
+   and epoch-hash histograms; the driver plans the mix (`plan_mix`) and each bucket's selection from
+   those and the few documents where the cut falls (`plan_on_ray`): exact counts, exact shares, and
+   driver memory that does not grow with the corpus.
 3. Ray Data expands the selected copies with their order key and sorts by it: a global, seeded shuffle
    across buckets that does not depend on the number of workers.
 4. The driver streams the sorted documents through the windowed best-fit `Packer` into `ShardWriter`.
@@ -15,19 +17,20 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mixing.packing import Packer
 from mixing.planner import MixPlan, plan_mix
 from mixing.ratios import load_ratios
-from mixing.select import BucketSelection, expand_batch, plan_selection
+from mixing.select import (BINS, BucketSelection, epoch_hash, expand_batch, fraction_window, histogram,
+                           selection_from_window, split_rate, whole_epochs)
 from mixing.shards import ShardWriter
 from mixing.stats import load_stage_stats, mix_stats
-from mixing.tokenize import Tokenize, TokenizerInfo, bucket_keys
+from mixing.tokenize import TokenizerInfo, bucket_keys, tokenize_batch
+from pipeline.aggregate import sum_by
 from pipeline.config import Config, ConfigError, MixingConfig, RayConfig
 from pipeline.ray_session import ray_session
 
@@ -54,12 +57,11 @@ def tokenized(cleaned_dir: str, tokenizer_dir: str, seed: int):
     import ray
 
     _check_cleaned(cleaned_dir)
-    TokenizerInfo.load(tokenizer_dir)  # fail fast, before any worker starts
-    workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    info = TokenizerInfo.load(tokenizer_dir)  # fail fast, before any worker starts
     return ray.data.read_parquet(cleaned_dir).map_batches(
-        Tokenize, fn_constructor_args=(tokenizer_dir, seed), batch_format="pyarrow",
-        batch_size=_TOKENIZE_BATCH, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers), num_cpus=1,
-        # one CPU per actor: keep the tokenizer's own thread pool from oversubscribing the node
+        tokenize_batch, fn_kwargs={"tokenizer_dir": tokenizer_dir, "sha256": info.sha256, "seed": seed},
+        batch_format="pyarrow", batch_size=_TOKENIZE_BATCH,
+        # one CPU per task: keep the tokenizer's own thread pool from oversubscribing the node
         runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
 
 
@@ -89,24 +91,94 @@ def cleaned_counts(cleaned_dir: str, tokenizer_dir: Optional[str] = None,
     return pa.concat_tables(parts), "chars"
 
 
-def plan_from_counts(meta: pa.Table, cfg: MixingConfig) -> tuple[MixPlan, dict[tuple[str, str], BucketSelection]]:
-    """Plan the mix from exact per-document counts and choose each bucket's documents."""
-    h = meta.column("h").to_numpy()
-    n = meta.column("n_tokens").to_numpy()
-    pairs = list(zip(meta.column("category").to_pylist(), meta.column("key").to_pylist()))
-    names = sorted(set(pairs))
-    position = {name: i for i, name in enumerate(names)}
-    inverse = np.fromiter((position[p] for p in pairs), dtype=np.int64, count=len(pairs))
-    order = np.argsort(inverse, kind="stable")  # documents grouped by bucket
-    bounds = np.searchsorted(inverse[order], np.arange(len(names) + 1))
-    rows = {name: order[bounds[i]:bounds[i + 1]] for i, name in enumerate(names)}
-    available = {name: int(n[r].sum()) for name, r in rows.items()}
+_HIST_SCHEMA = pa.schema([("category", pa.string()), ("key", pa.string()), ("bin", pa.int64()),
+                          ("docs", pa.int64()), ("tokens", pa.int64())])
+_WINDOW_SCHEMA = pa.schema([("category", pa.string()), ("key", pa.string()), ("eh", pa.uint64()),
+                            ("n_tokens", pa.int64())])
+
+
+def _rows_by_bucket(batch: pa.Table, names: list[tuple[str, str]]) -> Iterator[tuple[int, np.ndarray]]:
+    index = {name: i for i, name in enumerate(names)}
+    which = np.fromiter((index.get(pair, -1) for pair in zip(batch.column("category").to_pylist(),
+                                                              batch.column("key").to_pylist())),
+                        dtype=np.int64, count=batch.num_rows)
+    for i in np.unique(which[which >= 0]).tolist():
+        yield i, np.flatnonzero(which == i)
+
+
+def _histogram_batch(batch: pa.Table, fulls: dict) -> pa.Table:
+    """Per bucket of the batch: documents and tokens per epoch-hash bin (only bins that hold any)."""
+    names, parts = list(fulls), []
+    h, n = batch.column("h").to_numpy(), batch.column("n_tokens").to_numpy()
+    for i, rows in _rows_by_bucket(batch, names):
+        docs, tokens = histogram(epoch_hash(h[rows], fulls[names[i]]), n[rows])
+        bins = np.flatnonzero(docs)
+        parts.append(pa.table([pa.array([names[i][0]] * bins.size, pa.string()),
+                               pa.array([names[i][1]] * bins.size, pa.string()), pa.array(bins),
+                               pa.array(docs[bins]), pa.array(tokens[bins])], schema=_HIST_SCHEMA))
+    return pa.concat_tables(parts) if parts else _HIST_SCHEMA.empty_table()
+
+
+def _window_batch(batch: pa.Table, fulls: dict, windows: dict) -> pa.Table:
+    """The documents inside their bucket's window: (epoch hash, tokens), nothing else."""
+    names, parts = list(fulls), []
+    h, n = batch.column("h").to_numpy(), batch.column("n_tokens").to_numpy()
+    for i, rows in _rows_by_bucket(batch, names):
+        eh = epoch_hash(h[rows], fulls[names[i]])
+        inside = windows[names[i]].contains(eh)
+        k = int(inside.sum())
+        parts.append(pa.table([pa.array([names[i][0]] * k, pa.string()), pa.array([names[i][1]] * k, pa.string()),
+                               pa.array(eh[inside]), pa.array(n[rows][inside])], schema=_WINDOW_SCHEMA))
+    return pa.concat_tables(parts) if parts else _WINDOW_SCHEMA.empty_table()
+
+
+def plan_on_ray(meta, cfg: MixingConfig) -> tuple[MixPlan, dict[tuple[str, str], BucketSelection]]:
+    """Plan the mix and choose each bucket's documents from a Ray Dataset of (category, key, n_tokens, h).
+
+    Three passes over those small columns, each reduced on the workers: token and document sums per
+    bucket, then an epoch-hash histogram of each bucket with a fractional epoch, then the documents
+    of the window where its cut falls. The driver holds O(buckets x bins) numbers plus the windows,
+    never a row per document, and the result equals `plan_selection` on the whole bucket.
+    """
+    sums = sum_by(meta, ["category", "key"], "n_tokens")
+    available = {name: tokens for name, (_, tokens) in sums.items()}
     plan = plan_mix(available, load_ratios(cfg.ratios), total_tokens=cfg.total_tokens, max_epochs=cfg.max_epochs)
-    selections = {}
+    selections, fulls, remainders = {}, {}, {}
     for b in plan.buckets:
-        r = rows[(b.category, b.key)]
-        selections[(b.category, b.key)] = plan_selection(b.tokens, h[r], n[r])
+        name = (b.category, b.key)
+        full, remainder = split_rate(b.tokens, available[name])
+        if remainder > 0:
+            fulls[name], remainders[name] = full, remainder
+        else:
+            selections[name] = whole_epochs(full, available[name], sums[name][0])
+    if not fulls:
+        return plan, selections
+    hist = {name: (np.zeros(BINS, np.int64), np.zeros(BINS, np.int64)) for name in fulls}
+    for part in meta.map_batches(_histogram_batch, fn_kwargs={"fulls": fulls}, batch_format="pyarrow") \
+            .iter_batches(batch_format="pyarrow", batch_size=None):
+        for cat, key, b, docs, tokens in zip(*(part.column(c).to_numpy(zero_copy_only=False) for c in _HIST_SCHEMA.names)):
+            hist[(cat, key)][0][b] += docs
+            hist[(cat, key)][1][b] += tokens
+    windows = {name: fraction_window(remainders[name], *hist[name]) for name in fulls}
+    found: dict = {name: ([], []) for name in fulls}
+    for part in meta.map_batches(_window_batch, fn_kwargs={"fulls": fulls, "windows": windows},
+                                 batch_format="pyarrow").iter_batches(batch_format="pyarrow", batch_size=None):
+        for i, rows in _rows_by_bucket(part, list(fulls)):
+            found[list(fulls)[i]][0].append(part.column("eh").to_numpy()[rows])
+            found[list(fulls)[i]][1].append(part.column("n_tokens").to_numpy()[rows])
+    for name in fulls:
+        eh = np.concatenate(found[name][0]) if found[name][0] else np.zeros(0, np.uint64)
+        n = np.concatenate(found[name][1]) if found[name][1] else np.zeros(0, np.int64)
+        selections[name] = selection_from_window(fulls[name], available[name], sums[name][0], remainders[name],
+                                                 windows[name], eh, n)
     return plan, selections
+
+
+def plan_cleaned(cleaned_dir: str, tokenizer_dir: str, cfg: Config) -> tuple[MixPlan, dict]:
+    """`xdp plan`: tokenize (nothing is written) and plan."""
+    with ray_session(cfg.ray):
+        meta = tokenized(cleaned_dir, tokenizer_dir, cfg.mixing.seed).select_columns(_META_COLUMNS).materialize()
+        return plan_on_ray(meta, cfg.mixing)
 
 
 def _pack_and_write(ordered, cfg: MixingConfig, info: TokenizerInfo, shard_dir: Path, manifest: dict) -> dict:
@@ -129,37 +201,46 @@ def _pack_and_write(ordered, cfg: MixingConfig, info: TokenizerInfo, shard_dir: 
     return writer.close(**manifest)
 
 
-def mix_from_config(cfg: Config, cleaned_dir: str, tokenizer_dir: str, out_dir: str) -> dict:
-    """Write `out_dir/shards/` (+ manifest) and `out_dir/report/`; returns a summary for `xdp run`."""
+def mix_from_config(cfg: Config, cleaned_dir: str, tokenizer_dir: str, out_dir: str,
+                    fingerprint: Optional[str] = None) -> dict:
+    """Write `out_dir/shards/` (+ manifest) and `out_dir/report/`; returns a summary for `xdp run`.
+
+    With a `fingerprint` (from `JobState`), the token cache of a killed run with the same fingerprint
+    is reused instead of tokenizing again.
+    """
     from mixing.report import write_report
+    from pipeline.job_state import WorkDir, job_config
 
     mcfg = cfg.mixing
     info = TokenizerInfo.load(tokenizer_dir)
     out = Path(out_dir)
-    cache = out / ".mix-token-cache"
-    shutil.rmtree(cache, ignore_errors=True)
-    try:
-        with ray_session(cfg.ray):
-            log.info("tokenizing %s", cleaned_dir)
-            tokenized(cleaned_dir, tokenizer_dir, mcfg.seed).write_parquet(str(cache))
-            meta = pq.read_table(cache, columns=_META_COLUMNS)
-            plan, selections = plan_from_counts(meta, mcfg)
-            log.info("plan: %d tokens from %d buckets (%s budget)", plan.total_tokens, len(plan.buckets),
-                     plan.budget_rule)
-            import ray
+    scratch = WorkDir(out / "_work" / "mix", fingerprint)
+    cache = scratch.path("tokens")
+    with ray_session(cfg.ray):
+        import ray
 
-            ordered = (ray.data.read_parquet(str(cache))
-                       .map_batches(expand_batch, fn_kwargs={"selections": selections}, batch_format="pyarrow")
-                       .sort(["key", "content"])
-                       .iter_batches(batch_format="pyarrow", batch_size=1024))
-            manifest = {
-                "eos_id": info.eos_id, "tokenizer_sha256": info.sha256, "seed": mcfg.seed,
-                "config": cfg.to_dict(), "documents": sum(s.documents for s in selections.values()),
-                "stats": mix_stats(plan, selections, {}, load_stage_stats(cleaned_dir)),
-            }
-            manifest = _pack_and_write(ordered, mcfg, info, out / "shards", manifest)
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+        if scratch.completed("tokens"):
+            log.info("reusing the token cache of an interrupted run of this job")
+        else:
+            log.info("tokenizing %s", cleaned_dir)
+            tokenized(cleaned_dir, tokenizer_dir, mcfg.seed).write_parquet(str(scratch.fresh("tokens")))
+            scratch.complete("tokens")
+        meta = ray.data.read_parquet(str(cache), columns=_META_COLUMNS).materialize()
+        plan, selections = plan_on_ray(meta, mcfg)
+        log.info("plan: %d tokens from %d buckets (%s budget)", plan.total_tokens, len(plan.buckets),
+                 plan.budget_rule)
+        ordered = (ray.data.read_parquet(str(cache))
+                   .map_batches(expand_batch, fn_kwargs={"selections": selections}, batch_format="pyarrow")
+                   .sort(["key", "content"])
+                   .iter_batches(batch_format="pyarrow", batch_size=1024))
+        manifest = {
+            "eos_id": info.eos_id, "tokenizer_sha256": info.sha256, "seed": mcfg.seed,
+            # what shaped these bytes, without where they went or how Ray ran (see job_state.job_config)
+            "config": job_config(cfg), "documents": sum(s.documents for s in selections.values()),
+            "stats": mix_stats(plan, selections, {}, load_stage_stats(cleaned_dir)),
+        }
+        manifest = _pack_and_write(ordered, mcfg, info, out / "shards", manifest)
+    shutil.rmtree(scratch.root, ignore_errors=True)
     report = write_report(manifest["stats"], out / "report")
     packing = manifest["stats"]["packing"]
     return {"shards": str(out / "shards"), "report": report["html"], "sequences": manifest["sequences"],

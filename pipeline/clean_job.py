@@ -26,7 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import accounting
+from pipeline.aggregate import sum_by
 from pipeline.config import Config
+from pipeline.job_state import WorkDir, job_config, update_timings
 from pipeline.ray_session import ray_session
 from pipeline.read import read_file
 from pipeline.schema import READ_SCHEMA, CLEANED_SCHEMA, DOC_COLUMNS, DUPLICATES_SCHEMA, NULL_PARTITION, QUARANTINE_SCHEMA
@@ -116,36 +118,21 @@ def _fates(batch: pa.Table, stage: str) -> pa.Table:
                      "n_chars": pc.fill_null(batch.column("n_chars"), 0)})
 
 
-def _partial_sums(batch: pa.Table, keys: list[str], value: str) -> pa.Table:
-    # use_threads=False: Arrow's threaded group-by can fail inside CPU-limited Ray workers.
-    return batch.group_by(keys, use_threads=False).aggregate([(value, "count"), (value, "sum")])
-
-
-def _sum_by(ds, keys: list[str], value: str) -> dict[tuple, tuple[int, int]]:
-    """(count, sum) of `value` per key: combined per block on the workers, only partials reach the driver.
-
-    Cheaper than Ray Data's group-by shuffle when the number of groups is small (here: partitions or
-    fate kinds, never documents).
-    """
-    totals: dict[tuple, list[int]] = {}
-    for row in ds.map_batches(_partial_sums, batch_format="pyarrow", fn_kwargs={"keys": keys, "value": value}) \
-            .iter_rows():
-        slot = totals.setdefault(tuple(row[k] for k in keys), [0, 0])
-        slot[0] += int(row[f"{value}_count"])
-        slot[1] += int(row[f"{value}_sum"] or 0)
-    return {k: (c, s) for k, (c, s) in totals.items()}
-
-
 # --------------------------------------------------------------------------- the job
 
 
 class CleanJob:
-    """Runs stages 1-6 for one config. `run()` returns the stats dict also written to stats.json."""
+    """Runs stages 1-6 for one config. `run()` returns the stats dict also written to stats.json.
 
-    def __init__(self, cfg: Config):
+    With a `fingerprint` (from `JobState`), the read and language-ID results of a killed run with the
+    same fingerprint are reused; without one, every run starts from scratch.
+    """
+
+    def __init__(self, cfg: Config, fingerprint: str | None = None):
         self.cfg = cfg
         self.files = list_input_files(cfg)  # on the driver, before Ray: fail fast on empty inputs
         self.out = Path(cfg.output).resolve()
+        self.fingerprint = fingerprint
         self.work = self.out / "_work" / "clean"
         self.final = self.work / "final"
         self.timings: dict[str, float] = {}
@@ -160,29 +147,40 @@ class CleanJob:
     def run(self) -> dict:
         import ray
 
-        if self.work.exists():
-            shutil.rmtree(self.work)
-        self.work.mkdir(parents=True)
+        self.scratch = WorkDir(self.work, self.fingerprint)
+        shutil.rmtree(self.final, ignore_errors=True)
         with ray_session(self.cfg.ray):
-            staged = self._timed("read", self._read)
+            staged = self._timed("read", self._resumable, "read", self._read)
             kept, dup_sets = None, []
-            reasons = ray.data.read_parquet(str(self.work / "read"), partitioning=None, columns=["reason"])
+            reasons = ray.data.read_parquet(str(self.scratch.path("read")), partitioning=None, columns=["reason"])
             if reasons.map_batches(_valid_count, batch_format="pyarrow").sum("valid"):
-                labelled = self._timed("langid", self._langid, staged)
+                labelled = self._timed("langid", self._resumable, "labelled", self._langid, staged)
                 kept, dup_sets = self._timed("dedup", self._dedup, labelled)
             written = self._timed("write", self._write, staged, kept, dup_sets)
             stats = self._timed("stats", self._stats, written)
         self._publish()
         write_json_atomic(stats, str(self.out / "stats.json"))
         # Timings vary run to run, so they live beside stats.json, which must be byte-identical.
-        write_json_atomic({"clean": self.timings}, str(self.out / "timings.json"))
+        update_timings(self.out, "clean", self.timings)
         if not self.cfg.write.keep_work_dir:
             shutil.rmtree(self.out / "_work" / "clean", ignore_errors=True)
         return stats
 
     # -- stages
 
-    def _read(self):
+    def _resumable(self, name: str, write, *args):
+        """Materialize `write(dir, *args)` into `_work/clean/<name>` once per fingerprint; read it back."""
+        import ray
+
+        path = self.scratch.path(name)
+        if self.scratch.completed(name):
+            log.info("%s: reusing the result of an interrupted run of this job", name)
+        else:
+            write(self.scratch.fresh(name), *args)
+            self.scratch.complete(name)
+        return ray.data.read_parquet(str(path), partitioning=None)
+
+    def _read(self, out: Path) -> None:
         import ray
 
         files = self.files
@@ -190,27 +188,18 @@ class CleanJob:
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
         ds = ds.map_batches(_read_files, batch_size=1, batch_format="pyarrow",
                             fn_kwargs={"files": files, "cfg": self.cfg})
-        ds.write_parquet(str(self.work / "read"))
-        if not any((self.work / "read").glob("*.parquet")):  # no records at all: keep the schema
-            write_parquet_atomic(READ_SCHEMA.empty_table(), str(self.work / "read" / "empty.parquet"))
-        return ray.data.read_parquet(str(self.work / "read"), partitioning=None)
+        ds.write_parquet(str(out))
+        if not any(out.glob("*.parquet")):  # no records at all: keep the schema
+            write_parquet_atomic(READ_SCHEMA.empty_table(), str(out / "empty.parquet"))
 
-    def _langid(self, staged):
-        import ray
+    def _langid(self, out: Path, staged) -> None:
+        from pipeline.langid import label_batch
 
-        from pipeline.langid import LangIdStage
-
-        docs = staged.map_batches(_valid_docs, batch_format="pyarrow")
-        # Leave one CPU for the read tasks that feed the actors, or a small cluster deadlocks.
-        actors = max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
-        labelled = docs.map_batches(
-            LangIdStage,
-            fn_constructor_kwargs={"model_path": self.cfg.langid.model, "threshold": self.cfg.langid.threshold,
-                                   "rules": self.cfg.langid.rules},
-            batch_size=self.cfg.langid.batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
-        labelled.write_parquet(str(self.work / "labelled"))
-        return ray.data.read_parquet(str(self.work / "labelled"), partitioning=None)
+        labelled = staged.map_batches(_valid_docs, batch_format="pyarrow").map_batches(
+            label_batch, fn_kwargs={"model_path": self.cfg.langid.model, "threshold": self.cfg.langid.threshold,
+                                    "rules": self.cfg.langid.rules},
+            batch_size=self.cfg.langid.batch_size, batch_format="pyarrow")
+        labelled.write_parquet(str(out))
 
     def _dedup(self, labelled):
         from pipeline.dedup_ray import exact_dedup, near_dedup
@@ -237,7 +226,7 @@ class CleanJob:
             kept.write_parquet(str(self.work / "kept"))  # materialize once: sizes, then files
         if any((self.work / "kept").glob("*.parquet")):
             kept = ray.data.read_parquet(str(self.work / "kept"), partitioning=None)
-            sizes = {k[0]: chars for k, (_, chars) in _sum_by(kept, ["_part"], "n_chars").items()}
+            sizes = {k[0]: chars for k, (_, chars) in sum_by(kept, ["_part"], "n_chars").items()}
             target = self.cfg.write.target_file_chars
             buckets = {p: max(1, math.ceil((c or 0) / target)) for p, c in sizes.items()}
             cleaned = self._write_grouped(kept, "cleaned", CLEANED_SCHEMA, ["id", "source", "position"],
@@ -302,7 +291,7 @@ class CleanJob:
         if parts:
             ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
             fates = [accounting.Fate(*key, docs, chars) for key, (docs, chars)
-                     in sorted(_sum_by(ds, ["category", "lang", "stage", "reason"], "n_chars").items())]
+                     in sorted(sum_by(ds, ["category", "lang", "stage", "reason"], "n_chars").items())]
         stats = accounting.build_stats(fates)
         identity = accounting.check_identity(
             read=written["read"],
@@ -310,8 +299,9 @@ class CleanJob:
             dropped=sum(r["docs"] for r in written["duplicates"]),
             quarantined=sum(r["docs"] for r in written["quarantine"]))
         stats["accounting"] = identity
-        stats["inputs"] = {"files": len(self.files), "sources": [f.source for f in self.files]}
-        stats["config"] = {"langid": vars(self.cfg.langid), "dedup": vars(self.cfg.dedup)}
+        stats["inputs"] = {"files": len(self.files), "sources": sorted(f.source for f in self.files)}
+        shaping = job_config(self.cfg)  # without batch sizes and Ray settings: same bytes on any cluster
+        stats["config"] = {"langid": shaping["langid"], "dedup": shaping["dedup"]}
         return stats
 
     def _publish(self) -> None:
@@ -327,5 +317,5 @@ class CleanJob:
                 target.mkdir(parents=True)
 
 
-def run_clean(cfg: Config) -> dict:
-    return CleanJob(cfg).run()
+def run_clean(cfg: Config, fingerprint: str | None = None) -> dict:
+    return CleanJob(cfg, fingerprint).run()

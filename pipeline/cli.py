@@ -51,6 +51,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"xdp: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
+    except Exception as exc:
+        if args.verbose or "ray" not in sys.modules:
+            raise
+        from pipeline.ray_session import lost_resources
+
+        if not lost_resources(exc):
+            raise
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        print(f"xdp: the Ray cluster lost a node or worker and the step could not finish ({type(exc).__name__}: "
+              f"{first[:300]}). Completed steps and intermediate results are kept: rerun the same command to "
+              f"resume.", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("xdp: interrupted", file=sys.stderr)
         return 130

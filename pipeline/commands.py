@@ -5,20 +5,25 @@ import argparse
 import json
 import logging
 import os
+import time
 from importlib import resources
 from pathlib import Path
 
 from pipeline.config import Config, load_config
+from pipeline.job_state import STEPS
 
 log = logging.getLogger("xdp")
 
-STEPS = ("clean", "tokenizer", "mix")
+_SECTION = {"tokenizer": "tokenizer", "mix": "mixing"}  # config section whose `enabled` switches a step
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="output directory (overrides `output:` in the config)")
     p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="the output directory holds a run of a different config: redo the changed steps "
+                        "(default: refuse; steps completed by the same config are always skipped)")
 
 
 def _load(args) -> Config:
@@ -42,33 +47,78 @@ def _print_clean_summary(stats: dict) -> None:
         print(f"  quarantined {reason:<22} {n['docs']:>10,} docs")
 
 
-def run_job(cfg: Config, steps=STEPS) -> dict:
-    """Run the configured stages in order inside one Ray session; returns a summary per step."""
-    from pipeline.clean_job import run_clean
+def run_job(cfg: Config, steps=STEPS, overwrite: bool = False) -> dict:
+    """Run the configured stages in order inside one Ray session; returns a summary per step.
+
+    Steps completed by an earlier run of the same config are skipped, and a killed run picks up its
+    finished intermediate results (`pipeline.job_state`). Output of a different config in the same
+    directory is refused before Ray starts, unless `overwrite`.
+    """
+    from pipeline.job_state import JobState, update_timings
     from pipeline.ray_session import ray_session
 
     out = Path(cfg.output)
+    steps = tuple(s for s in STEPS if s in steps and (s == "clean" or getattr(cfg, _SECTION[s]).enabled))
+    state = JobState(cfg, steps)
+    state.check(overwrite)
     summary: dict = {}
+    todo = []
+    for step in steps:
+        marker = state.done(step)
+        if marker is not None and not todo:  # everything after a redone step is redone too
+            log.info("%s: completed by an earlier run of this config; skipped", step)
+            summary[step] = {**marker["summary"], "skipped": "completed earlier"}
+        else:
+            todo.append(step)
+    if not todo:
+        return summary
     with ray_session(cfg.ray):
-        if "clean" in steps:
-            summary["clean"] = run_clean(cfg)["accounting"]
-        if "tokenizer" in steps and cfg.tokenizer.enabled:
-            from tokenizer_training.job import train_tokenizer_from_config
-
-            report = train_tokenizer_from_config(cfg, str(out / "cleaned"), str(out / "tokenizer"))
-            summary["tokenizer"] = {"vocab_size": report.get("vocab_size"), "dir": str(out / "tokenizer")}
-        if "mix" in steps and cfg.mixing.enabled:
-            from mixing.job import mix_from_config
-
-            summary["mix"] = mix_from_config(cfg, str(out / "cleaned"), str(out / "tokenizer"), str(out))
+        for step in todo:
+            state.start(step)
+            started = time.perf_counter()
+            summary[step] = _run_step(cfg, step, state.fingerprint(step))
+            if step != "clean":  # the clean job records its own stages
+                update_timings(out, step, round(time.perf_counter() - started, 3))
+            state.finish(step, summary[step])
     return summary
 
 
-def cmd_clean(args) -> int:
-    from pipeline.clean_job import run_clean
+def _run_step(cfg: Config, step: str, fingerprint: str) -> dict:
+    """One step; rerun (from its completed parts) when Ray loses a node or worker under it."""
+    from pipeline.ray_session import lost_resources
 
+    retries = 0
+    while True:
+        try:
+            return _step_once(cfg, step, fingerprint)
+        except Exception as exc:
+            if retries == cfg.ray.step_retries or not lost_resources(exc):
+                raise
+            retries += 1
+            log.warning("%s: Ray lost a node or worker (%s); rerunning the step from its completed parts "
+                        "(retry %d of %d)", step, type(exc).__name__, retries, cfg.ray.step_retries)
+
+
+def _step_once(cfg: Config, step: str, fingerprint: str) -> dict:
+    out = Path(cfg.output)
+    if step == "clean":
+        from pipeline.clean_job import run_clean
+
+        return run_clean(cfg, fingerprint)["accounting"]
+    if step == "tokenizer":
+        from tokenizer_training.job import train_tokenizer_from_config
+
+        report = train_tokenizer_from_config(cfg, str(out / "cleaned"), str(out / "tokenizer"))
+        return {"vocab_size": report.get("vocab_size"), "dir": str(out / "tokenizer")}
+    from mixing.job import mix_from_config
+
+    return mix_from_config(cfg, str(out / "cleaned"), str(out / "tokenizer"), str(out), fingerprint)
+
+
+def cmd_clean(args) -> int:
     cfg = _load(args)
-    stats = run_clean(cfg)
+    run_job(cfg, ("clean",), overwrite=args.overwrite)
+    stats = json.loads((Path(cfg.output) / "stats.json").read_text("utf-8"))
     _print_clean_summary(stats)
     print(f"outputs in {cfg.output} (cleaned/, quarantine/, duplicates/, stats.json)")
     return 0
@@ -82,7 +132,7 @@ def cmd_run(args) -> int:
         from pipeline.config import ConfigError
 
         raise ConfigError(f"--steps: unknown step {unknown[0]!r} (one of {', '.join(STEPS)})")
-    summary = run_job(cfg, steps)
+    summary = run_job(cfg, steps, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2, default=str))
     print(f"outputs in {cfg.output}")
     return 0
@@ -97,7 +147,7 @@ def cmd_demo(args) -> int:
     cfg.output = os.path.abspath(args.output)
     if args.address:
         cfg.ray.address = args.address
-    summary = run_job(cfg)
+    summary = run_job(cfg, overwrite=True)  # the demo config is fixed; a changed xdp version redoes it
     if args.train_steps:
         # The last link of the chain: the bundled model learns from the shards just written.
         from model.train import TrainConfig, loss_fell, train

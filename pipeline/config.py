@@ -78,6 +78,7 @@ class RayConfig:
     address: Optional[str] = None  # None: $RAY_ADDRESS, else a local Ray started for the job
     num_cpus: Optional[int] = None  # local Ray only
     object_store_memory: Optional[int] = None  # bytes, local Ray only
+    step_retries: int = 2  # times a step is rerun, from its completed parts, after Ray loses a node or worker
 
 
 @dataclass
@@ -245,7 +246,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{where}.category: unknown category {src.category!r} (one of {', '.join(CATEGORIES)})")
         if not _is_uri(src.path):
             local = src.path[len("file://"):] if src.path.startswith("file://") else src.path
-            if not (os.path.exists(local) or glob.glob(local, recursive=True)):
+            # the first match is enough (a full `**` listing through a symlink loop would not end)
+            if not (os.path.exists(local) or next(glob.iglob(local, recursive=True), None)):
                 raise ConfigError(f"{where}.path: no such file, directory or glob match: {src.path}")
     _check_range("read.max_record_bytes", cfg.read.max_record_bytes, 1)
     _check_range("read.batch_size", cfg.read.batch_size, 1)
@@ -259,6 +261,7 @@ def validate(cfg: Config) -> Config:
     validate_dedup(cfg.dedup)
     if cfg.ray.num_cpus is not None:
         _check_range("ray.num_cpus", cfg.ray.num_cpus, 1)
+    _check_range("ray.step_retries", cfg.ray.step_retries, 0)
     validate_tokenizer(cfg.tokenizer)
     _check_range("mixing.max_epochs", cfg.mixing.max_epochs, 0.0, lo_open=True)
     _check_range("mixing.sequence_length", cfg.mixing.sequence_length, 2)

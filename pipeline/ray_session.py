@@ -39,3 +39,27 @@ def ray_session(cfg: Optional[RayConfig] = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def lost_resources(exc: BaseException) -> bool:
+    """Whether `exc` is, or wraps, Ray losing a node, worker, actor or object (not a bug in a stage).
+
+    Ray Data sometimes delivers such a failure as an exception it could not deserialize, with the
+    original only in the text; for Ray's own exceptions the text is searched for those class names.
+    """
+    import ray.exceptions as rex
+
+    kinds = (rex.NodeDiedError, rex.ActorDiedError, rex.ActorUnavailableError, rex.WorkerCrashedError,
+             rex.ObjectLostError, rex.OwnerDiedError, rex.LocalRayletDiedError)
+    names = tuple(f"{k.__name__}:" for k in kinds)
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, kinds) or (isinstance(e, rex.RayError) and any(n in str(e) for n in names)):
+            return True
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return False

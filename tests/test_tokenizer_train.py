@@ -131,7 +131,8 @@ def test_directory_loads_offline(tmp_path, trained, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     report = save_tokenizer_dir(tmp_path, trained, {"seed": 1}, model_max_length=16384)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "training_report.json"]
+        "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "training_report.json",
+        "training_run.json"]
     assert json.loads((tmp_path / "training_report.json").read_text())["tokenizer_sha256"] == report["tokenizer_sha256"]
 
     assert Tokenizer.from_file(str(tmp_path / "tokenizer.json")).get_vocab_size() == 1000

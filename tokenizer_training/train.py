@@ -89,12 +89,16 @@ def tokenizer_json_bytes(tok: Tokenizer) -> bytes:
     return tok.to_str(pretty=True).encode("utf-8")
 
 
+RUN_VARYING = ("time_s", "peak_rss_bytes")  # report fields that differ between identical runs
+
+
 def save_tokenizer_dir(out_dir: str | os.PathLike, tok: Tokenizer, report: dict,
                        model_max_length: Optional[int] = None) -> dict:
     """Write the directory `AutoTokenizer.from_pretrained` loads offline, plus training_report.json.
 
     Each file is replaced atomically; the report goes last, so its presence marks a finished directory.
-    Returns the report with `tokenizer_sha256` added.
+    What varies run to run (times, peak memory) goes to training_run.json, so that the same config
+    gives the same bytes in every other file. Returns the report with `tokenizer_sha256` added.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,5 +117,8 @@ def save_tokenizer_dir(out_dir: str | os.PathLike, tok: Tokenizer, report: dict,
     write_bytes_atomic(out / "tokenizer.json", tok_bytes)
     write_bytes_atomic(out / "tokenizer_config.json", json_bytes(config))
     write_bytes_atomic(out / "special_tokens_map.json", json_bytes(special_map))
-    write_bytes_atomic(out / "training_report.json", json_bytes(report))
+    run = {k: report[k] for k in RUN_VARYING if k in report}
+    write_bytes_atomic(out / "training_run.json", json_bytes(run))
+    write_bytes_atomic(out / "training_report.json",
+                       json_bytes({k: v for k, v in report.items() if k not in RUN_VARYING}))
     return report

@@ -1,0 +1,99 @@
+"""Fingerprints, completion markers and scratch reuse (`pipeline.job_state`), without Ray."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.config import ConfigError, config_from_dict
+from pipeline.job_state import JobState, WorkDir, job_config
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / name).write_text(json.dumps({"text": f"hello from {name}"}) + "\n")
+    return tmp_path
+
+
+def _cfg(inputs, out, **sections):
+    data = {"inputs": [{"path": str(inputs / "a.jsonl"), "category": "web"},
+                       {"path": str(inputs / "b.jsonl"), "category": "books"}],
+            "output": str(out), **sections}
+    return config_from_dict(data)
+
+
+def _finish_all(state: JobState) -> None:
+    for step in state.steps:
+        state.start(step)
+        state.finish(step, {"step": step})
+
+
+def test_neutral_fields_and_input_order_do_not_change_fingerprints(inputs, tmp_path):
+    base = JobState(_cfg(inputs, tmp_path / "o1"))
+    other = _cfg(inputs, tmp_path / "o2", ray={"num_cpus": 4, "address": "ray://x:1"},
+                 read={"batch_size": 7}, langid={"batch_size": 9}, write={"keep_work_dir": True})
+    other.inputs.reverse()
+    assert JobState(other).records == base.records
+    assert job_config(other) == job_config(_cfg(inputs, tmp_path / "o3"))
+
+
+def test_each_step_chains_on_the_one_before(inputs, tmp_path):
+    base = JobState(_cfg(inputs, tmp_path))
+    mix_only = JobState(_cfg(inputs, tmp_path, mixing={"seed": 7}))
+    assert mix_only.fingerprint("clean") == base.fingerprint("clean")
+    assert mix_only.fingerprint("tokenizer") == base.fingerprint("tokenizer")
+    assert mix_only.fingerprint("mix") != base.fingerprint("mix")
+    dedup = JobState(_cfg(inputs, tmp_path, dedup={"threshold": 0.7}))
+    assert all(dedup.fingerprint(s) != base.fingerprint(s) for s in ("clean", "tokenizer", "mix"))
+
+
+def test_completed_steps_are_found_and_changed_config_is_refused(inputs, tmp_path):
+    out = tmp_path / "out"
+    state = JobState(_cfg(inputs, out))
+    assert state.done("clean") is None
+    _finish_all(state)
+    for name in ("cleaned", "quarantine", "duplicates", "tokenizer", "shards", "report"):
+        (out / name).mkdir(exist_ok=True)
+    for name in ("stats.json", "tokenizer/tokenizer.json", "tokenizer/training_report.json", "shards/manifest.json"):
+        (out / name).write_text("{}")
+    again = JobState(_cfg(inputs, out))
+    again.check()
+    assert again.done("mix")["summary"] == {"step": "mix"}
+
+    changed = JobState(_cfg(inputs, out, dedup={"threshold": 0.7}))
+    with pytest.raises(ConfigError, match=r"step `clean` completed .*dedup\.threshold: 0\.8 -> 0\.7.*--overwrite"):
+        changed.check()
+    changed.check(overwrite=True)  # told to: no refusal, and start() clears the stale markers
+    changed.start("clean")
+    assert changed.done("clean") is None and not (out / "_job" / "mix.done.json").exists()
+
+    (out / "shards" / "manifest.json").unlink()  # an output removed by hand: the step runs again
+    assert JobState(_cfg(inputs, out)).done("mix") is None
+
+
+def test_changed_input_file_is_named_in_the_refusal(inputs, tmp_path):
+    out = tmp_path / "out"
+    state = JobState(_cfg(inputs, out), steps=("clean",))
+    state.start("clean")  # a run that was interrupted
+    (inputs / "b.jsonl").write_text(json.dumps({"text": "new content, another size"}) + "\n")
+    with pytest.raises(ConfigError, match=r"`clean` was interrupted .*input files changed \(1\): .*b\.jsonl"):
+        JobState(_cfg(inputs, out), steps=("clean",)).check()
+
+
+def test_workdir_keeps_only_completed_results_of_the_same_fingerprint(tmp_path):
+    root = tmp_path / "work"
+    scratch = WorkDir(root, "fp1")
+    scratch.fresh("read").mkdir()
+    (root / "read" / "part.parquet").write_text("x")
+    scratch.complete("read")
+    (root / "labelled").mkdir()  # killed half-way: never completed
+    (root / "labelled" / "partial.parquet").write_text("x")
+    (root / ".stats.json.tmp").write_text("x")
+
+    resumed = WorkDir(root, "fp1")
+    assert resumed.completed("read") and (root / "read" / "part.parquet").exists()
+    assert not (root / "labelled").exists() and not (root / ".stats.json.tmp").exists()
+    assert not WorkDir(root, "fp2").completed("read") and not (root / "read").exists()
+    scratch = WorkDir(root, None)  # no fingerprint: never reused
+    assert sorted(p.name for p in root.iterdir()) == []
