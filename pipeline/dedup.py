@@ -75,7 +75,10 @@ def exact_survivors(docs: pa.Table, key_column: str = "_key") -> tuple[pa.Table,
     key column) and duplicates (`DUPLICATE_SCHEMA`, stage "exact", duplicate_of = that smallest id)."""
     _check_ids(docs)
     narrow = pa.table({key_column: docs.column(key_column), "id": docs.column("id"), "_row": np.arange(docs.num_rows)})
-    firsts = narrow.group_by(key_column).aggregate([("id", "min")]).rename_columns([key_column, "_survivor"])
+    # use_threads=False everywhere here: Arrow's threaded group-by fails at random inside CPU-limited
+    # Ray workers ("thread index 10 is out of range"), seen in the label-propagation rounds.
+    firsts = (narrow.group_by(key_column, use_threads=False).aggregate([("id", "min")])
+              .rename_columns([key_column, "_survivor"]))
     survivor = _in_row_order(narrow.join(firsts, key_column)).column("_survivor")
     is_dup = pc.not_equal(docs.column("id"), survivor)
     kept = docs.filter(pc.invert(is_dup)).drop_columns([key_column]).sort_by("id")
@@ -141,7 +144,8 @@ def bucket_edges(bands: pa.Table, threshold: float) -> pa.Table:
     member = member[agree >= threshold]
     ids = bands.column("id")
     edges = pa.table({"src": ids.take(member), "dst": ids.take(head[member])}, schema=EDGE_SCHEMA)
-    return edges.group_by(["src", "dst"]).aggregate([]).sort_by([("src", "ascending"), ("dst", "ascending")])
+    return (edges.group_by(["src", "dst"], use_threads=False).aggregate([])
+            .sort_by([("src", "ascending"), ("dst", "ascending")]))
 
 
 # --------------------------------------------------------------------------- near: components
@@ -168,7 +172,8 @@ def relabel(labels: pa.Table, messages: pa.Table) -> tuple[pa.Table, int]:
     if messages.num_rows == 0:
         out = labels.set_column(2, "changed", pa.array([False] * labels.num_rows))
         return out.sort_by("node"), 0
-    best = messages.group_by("node").aggregate([("label", "min")]).rename_columns(["node", "incoming"])
+    best = (messages.group_by("node", use_threads=False).aggregate([("label", "min")])
+            .rename_columns(["node", "incoming"]))
     joined = labels.join(best, "node", join_type="left outer")
     incoming = joined.column("incoming")
     smaller = pc.fill_null(pc.less(incoming, joined.column("label")), False)
