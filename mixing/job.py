@@ -37,6 +37,7 @@ from pipeline.ray_session import ray_session
 log = logging.getLogger(__name__)
 
 _TOKENIZE_BATCH = 256  # documents per encode_batch call
+_EXPAND_BATCH = 1024  # documents per selection-expansion call (each becomes up to max_epochs copies)
 _META_COLUMNS = ["category", "key", "n_tokens", "h"]
 
 
@@ -230,7 +231,9 @@ def mix_from_config(cfg: Config, cleaned_dir: str, tokenizer_dir: str, out_dir: 
         log.info("plan: %d tokens from %d buckets (%s budget)", plan.total_tokens, len(plan.buckets),
                  plan.budget_rule)
         ordered = (ray.data.read_parquet(str(cache))
-                   .map_batches(expand_batch, fn_kwargs={"selections": selections}, batch_format="pyarrow")
+                   # bounded batches: a worker never holds a whole cache block repeated max_epochs times
+                   .map_batches(expand_batch, fn_kwargs={"selections": selections}, batch_format="pyarrow",
+                                batch_size=_EXPAND_BATCH)
                    .sort(["key", "content"])
                    .iter_batches(batch_format="pyarrow", batch_size=1024))
         manifest = {

@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import time
 from importlib import resources
 from pathlib import Path
@@ -72,6 +73,7 @@ def run_job(cfg: Config, steps=STEPS, overwrite: bool = False) -> dict:
             todo.append(step)
     if not todo:
         return summary
+    driver_peaks: dict[str, int] = {}
     with ray_session(cfg.ray):
         for step in todo:
             state.start(step)
@@ -79,6 +81,9 @@ def run_job(cfg: Config, steps=STEPS, overwrite: bool = False) -> dict:
             summary[step] = _run_step(cfg, step, state.fingerprint(step))
             if step != "clean":  # the clean job records its own stages
                 update_timings(out, step, round(time.perf_counter() - started, 3))
+            # the driver's high-water mark after each step: which step, if any, grows the driver
+            driver_peaks[step] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            update_timings(out, "driver_peak_rss_bytes", driver_peaks)
             state.finish(step, summary[step])
     return summary
 
