@@ -21,22 +21,40 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class PeakRSS(threading.Thread):
-    """Samples RSS of this process and all its descendants (Ray's raylet, workers, actors)."""
+    """Samples RSS of this process and all its descendants (Ray's raylet, workers, actors).
+
+    Per pid: `peaks` (RSS), `private` (RSS less shared pages: what the process allocated itself, without
+    the object-store and library pages it maps, which RSS counts in every process that touches them),
+    `names` (the latest name; a Ray worker's names the task or actor it runs), `by_name` (the peak RSS
+    under each name the process had: which task grew a worker) and `parents` (to place a worker under
+    its raylet, i.e. on its node). `tree` is the largest sum of RSS over all processes at one sample.
+    A `ray.cluster_utils.Cluster` started in this process is sampled too: its nodes are children of it.
+    """
 
     def __init__(self, interval: float = 0.5):
         super().__init__(daemon=True)
-        self.interval, self.peaks, self.names, self.stop = interval, {}, {}, threading.Event()
+        self.interval, self.stop = interval, threading.Event()
+        self.peaks, self.private, self.names, self.by_name, self.parents = {}, {}, {}, {}, {}
+        self.tree = 0
 
     def run(self):
         me = psutil.Process()
         while not self.stop.is_set():
+            total = 0
             for p in [me] + me.children(recursive=True):
                 try:
-                    rss = p.memory_info().rss
+                    with p.oneshot():
+                        mem, ppid = p.memory_info(), p.ppid()
+                        name = p.name() if p.pid != me.pid else "driver"
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
-                self.peaks[p.pid] = max(self.peaks.get(p.pid, 0), rss)
-                self.names[p.pid] = p.name() if p.pid != me.pid else "driver"
+                total += mem.rss
+                self.peaks[p.pid] = max(self.peaks.get(p.pid, 0), mem.rss)
+                self.private[p.pid] = max(self.private.get(p.pid, 0), mem.rss - mem.shared)
+                self.names[p.pid], self.parents[p.pid] = name, ppid
+                named = self.by_name.setdefault(p.pid, {})
+                named[name] = max(named.get(name, 0), mem.rss)
+            self.tree = max(self.tree, total)
             time.sleep(self.interval)
 
 
