@@ -223,17 +223,7 @@ def _plant_dir_source(c: Corpus) -> None:
     c.listed.update({"d/empty.jsonl", "d/blank.jsonl", "d/empty.jsonl.gz", "d/zero.jsonl.gz",
                      "d/empty.jsonl.zst", "d/zero.jsonl.zst"})
 
-    # Unreadable: dangling symlink, symlink loop, and (when not root) a file without permissions.
-    os.symlink("does-not-exist.jsonl", d / "x.jsonl")
-    c.file_error(d / "x.jsonl", "d/x.jsonl")
-    os.symlink("b.jsonl", d / "a.jsonl")
-    os.symlink("a.jsonl", d / "b.jsonl")
-    c.file_error(d / "a.jsonl", "d/a.jsonl")
-    c.file_error(d / "b.jsonl", "d/b.jsonl")
-    if not ROOT_USER:
-        (d / "noperm.jsonl").write_bytes(json.dumps({"id": "np", "text": "unreadable"}).encode() + b"\n")
-        (d / "noperm.jsonl").chmod(0)
-        c.file_error(d / "noperm.jsonl", "d/noperm.jsonl")
+    _plant_unopenable(c, d, "d/")
 
     # A directory symlink to its parent (not followed by a directory source) and a directory named .jsonl
     # (a directory: walked like any other).
@@ -262,23 +252,29 @@ def _plant_dir_source(c: Corpus) -> None:
     c.dup_pair = (("d/dup.jsonl", 1),)
 
 
+def _plant_unopenable(c: Corpus, folder: Path, prefix: str) -> None:
+    """A dangling symlink, a symlink loop and (when not root) a file without permissions: one
+    read_error row each."""
+    os.symlink("does-not-exist.jsonl", folder / "x.jsonl")
+    os.symlink("b.jsonl", folder / "a.jsonl")
+    os.symlink("a.jsonl", folder / "b.jsonl")
+    names = ["x.jsonl", "a.jsonl", "b.jsonl"]
+    if not ROOT_USER:
+        (folder / "noperm.jsonl").write_bytes(json.dumps({"id": "np", "text": "unreadable"}).encode() + b"\n")
+        (folder / "noperm.jsonl").chmod(0)
+        names.append("noperm.jsonl")
+    for name in names:
+        c.file_error(folder / name, prefix + name)
+
+
 def _plant_glob_source(c: Corpus) -> None:
     """inputs[1]: the glob g/**/*.jsonl, category web. Sources are relative to g/."""
     g = c.root / "g"
     c.jsonl(g / "sub" / "deep.jsonl", "sub/deep.jsonl", [_doc(c, "deep-1"), _doc(c, "deep-2")])
     os.symlink("..", g / "sub" / "up")  # a directory loop: g/sub/up/sub/up/... must not be walked
-    os.symlink("nowhere.jsonl", g / "x.jsonl")
-    c.file_error(g / "x.jsonl", "x.jsonl")
-    os.symlink("b.jsonl", g / "a.jsonl")
-    os.symlink("a.jsonl", g / "b.jsonl")
-    c.file_error(g / "a.jsonl", "a.jsonl")
-    c.file_error(g / "b.jsonl", "b.jsonl")
+    _plant_unopenable(c, g, "")
     (g / "y.jsonl").mkdir()  # matched by the glob but not a file: one read_error row
     c.file_error(g / "y.jsonl", "y.jsonl")
-    if not ROOT_USER:
-        (g / "noperm.jsonl").write_bytes(json.dumps({"id": "np", "text": "unreadable"}).encode() + b"\n")
-        (g / "noperm.jsonl").chmod(0)
-        c.file_error(g / "noperm.jsonl", "noperm.jsonl")
     c.jsonl(g / "dup.jsonl", "dup.jsonl", [_doc(c, "dup-1", c.dup_text)])  # the exact duplicate, second copy
     c.dup_pair = c.dup_pair + (("dup.jsonl", 1),)
     c.jsonl(g / "ids.jsonl", "ids.jsonl", [_doc(c, "reused-id")])
