@@ -107,29 +107,36 @@ def _rows_by_bucket(batch: pa.Table, names: list[tuple[str, str]]) -> Iterator[t
         yield i, np.flatnonzero(which == i)
 
 
-def _histogram_batch(batch: pa.Table, fulls: dict) -> pa.Table:
-    """Per bucket of the batch: documents and tokens per epoch-hash bin (only bins that hold any)."""
-    names, parts = list(fulls), []
+def _by_bucket(batch: pa.Table, fulls: dict) -> Iterator[tuple[tuple[str, str], np.ndarray, np.ndarray]]:
+    """(bucket, epoch hashes, token counts) for each bucket of `fulls` present in the batch."""
+    names = list(fulls)
     h, n = batch.column("h").to_numpy(), batch.column("n_tokens").to_numpy()
     for i, rows in _rows_by_bucket(batch, names):
-        docs, tokens = histogram(epoch_hash(h[rows], fulls[names[i]]), n[rows])
+        yield names[i], epoch_hash(h[rows], fulls[names[i]]), n[rows]
+
+
+def _bucket_rows(schema: pa.Schema, name: tuple[str, str], *columns: np.ndarray) -> pa.Table:
+    k = len(columns[0])
+    return pa.table([pa.array([name[0]] * k, pa.string()), pa.array([name[1]] * k, pa.string()),
+                     *(pa.array(c) for c in columns)], schema=schema)
+
+
+def _histogram_batch(batch: pa.Table, fulls: dict) -> pa.Table:
+    """Per bucket of the batch: documents and tokens per epoch-hash bin (only bins that hold any)."""
+    parts = []
+    for name, eh, n in _by_bucket(batch, fulls):
+        docs, tokens = histogram(eh, n)
         bins = np.flatnonzero(docs)
-        parts.append(pa.table([pa.array([names[i][0]] * bins.size, pa.string()),
-                               pa.array([names[i][1]] * bins.size, pa.string()), pa.array(bins),
-                               pa.array(docs[bins]), pa.array(tokens[bins])], schema=_HIST_SCHEMA))
+        parts.append(_bucket_rows(_HIST_SCHEMA, name, bins, docs[bins], tokens[bins]))
     return pa.concat_tables(parts) if parts else _HIST_SCHEMA.empty_table()
 
 
 def _window_batch(batch: pa.Table, fulls: dict, windows: dict) -> pa.Table:
     """The documents inside their bucket's window: (epoch hash, tokens), nothing else."""
-    names, parts = list(fulls), []
-    h, n = batch.column("h").to_numpy(), batch.column("n_tokens").to_numpy()
-    for i, rows in _rows_by_bucket(batch, names):
-        eh = epoch_hash(h[rows], fulls[names[i]])
-        inside = windows[names[i]].contains(eh)
-        k = int(inside.sum())
-        parts.append(pa.table([pa.array([names[i][0]] * k, pa.string()), pa.array([names[i][1]] * k, pa.string()),
-                               pa.array(eh[inside]), pa.array(n[rows][inside])], schema=_WINDOW_SCHEMA))
+    parts = []
+    for name, eh, n in _by_bucket(batch, fulls):
+        inside = windows[name].contains(eh)
+        parts.append(_bucket_rows(_WINDOW_SCHEMA, name, eh[inside], n[inside]))
     return pa.concat_tables(parts) if parts else _WINDOW_SCHEMA.empty_table()
 
 
@@ -161,12 +168,14 @@ def plan_on_ray(meta, cfg: MixingConfig) -> tuple[MixPlan, dict[tuple[str, str],
             hist[(cat, key)][0][b] += docs
             hist[(cat, key)][1][b] += tokens
     windows = {name: fraction_window(remainders[name], *hist[name]) for name in fulls}
-    found: dict = {name: ([], []) for name in fulls}
+    names = list(fulls)
+    found: dict = {name: ([], []) for name in names}
     for part in meta.map_batches(_window_batch, fn_kwargs={"fulls": fulls, "windows": windows},
                                  batch_format="pyarrow").iter_batches(batch_format="pyarrow", batch_size=None):
-        for i, rows in _rows_by_bucket(part, list(fulls)):
-            found[list(fulls)[i]][0].append(part.column("eh").to_numpy()[rows])
-            found[list(fulls)[i]][1].append(part.column("n_tokens").to_numpy()[rows])
+        eh, n = part.column("eh").to_numpy(), part.column("n_tokens").to_numpy()
+        for i, rows in _rows_by_bucket(part, names):
+            found[names[i]][0].append(eh[rows])
+            found[names[i]][1].append(n[rows])
     for name in fulls:
         eh = np.concatenate(found[name][0]) if found[name][0] else np.zeros(0, np.uint64)
         n = np.concatenate(found[name][1]) if found[name][1] else np.zeros(0, np.int64)

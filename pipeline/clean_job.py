@@ -225,8 +225,10 @@ class CleanJob:
             kept = kept.map_batches(_with_part, batch_format="pyarrow")
             kept.write_parquet(str(self.work / "kept"))  # materialize once: sizes, then files
         if any((self.work / "kept").glob("*.parquet")):
+            # sizes from two small columns; the texts are read once, by the scatter below
+            lengths = ray.data.read_parquet(str(self.work / "kept"), partitioning=None, columns=["_part", "n_chars"])
+            sizes = {k[0]: chars for k, (_, chars) in sum_by(lengths, ["_part"], "n_chars").items()}
             kept = ray.data.read_parquet(str(self.work / "kept"), partitioning=None)
-            sizes = {k[0]: chars for k, (_, chars) in sum_by(kept, ["_part"], "n_chars").items()}
             target = self.cfg.write.target_file_chars
             buckets = {p: max(1, math.ceil((c or 0) / target)) for p, c in sizes.items()}
             cleaned = self._write_grouped(kept, "cleaned", CLEANED_SCHEMA, ["id", "source", "position"],
