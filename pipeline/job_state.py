@@ -172,9 +172,9 @@ class JobState:
         now = self.records[step]
         changes = _changes(marker.get("config"), now["config"])
         if step == "clean" and marker.get("inputs") != now["inputs"]:
-            old = {tuple(x[:1]): x for x in marker.get("inputs") or []}
-            new = {tuple(x[:1]): x for x in now["inputs"] or []}
-            names = sorted(k[0] for k in set(old) ^ set(new) | {k for k in set(old) & set(new) if old[k] != new[k]})
+            old = {x[0]: x for x in marker.get("inputs") or []}
+            new = {x[0]: x for x in now["inputs"] or []}
+            names = sorted(url for url in old.keys() | new.keys() if old.get(url) != new.get(url))
             changes.append(f"input files changed ({len(names)}): {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}")
         if marker.get("xdp") != now["xdp"]:
             changes.append(f"xdp version: {marker.get('xdp')} -> {now['xdp']}")
