@@ -202,15 +202,16 @@ class CleanJob:
         labelled.write_parquet(str(out))
 
     def _dedup(self, labelled):
-        from pipeline.dedup_ray import exact_dedup, near_dedup
+        from pipeline.dedup_ray import exact_dedup, near_dedup, partition_count
 
         dups = []
+        partitions = partition_count(labelled, self.cfg.dedup)  # sized once, from the n_chars column
         kept = labelled.map_batches(_unique_ids, batch_format="pyarrow")
         if self.cfg.dedup.exact:
-            kept, d = exact_dedup(kept, self.cfg.dedup, str(self.work / "exact"))
+            kept, d = exact_dedup(kept, self.cfg.dedup, str(self.work / "exact"), partitions)
             dups.append(d)
         if self.cfg.dedup.near:
-            kept, d = near_dedup(kept, self.cfg.dedup, str(self.work / "near"))
+            kept, d = near_dedup(kept, self.cfg.dedup, str(self.work / "near"), partitions)
             dups.append(d)
         restore = functools.partial(_input_ids, columns=["id"])
         restore_dups = functools.partial(_input_ids, columns=["id", "duplicate_of"])

@@ -48,7 +48,7 @@ class ReadConfig:
 
 @dataclass
 class WriteConfig:
-    target_file_chars: int = 128_000_000  # text per cleaned Parquet file before a partition is split
+    target_file_chars: int = 32_000_000  # text per cleaned Parquet file before a partition is split (bounds a merge task)
     keep_work_dir: bool = False  # keep <output>/_work (intermediate Parquet) after a successful run
 
 
@@ -69,7 +69,9 @@ class DedupConfig:
     ngram: int = 5  # word n-gram shingles; unspaced scripts use character n-grams
     char_ngram: int = 5
     seed: int = 1
-    num_partitions: int = 16  # hash partitions for band grouping
+    num_partitions: int = 16  # hash partitions for every grouping, at least; more for a larger input:
+    partition_chars: int = 32_000_000  # text per partition at most (bounds a task's documents)
+    partition_docs: int = 100_000  # documents per partition at most (bounds a task's band rows)
     max_iterations: int = 30  # label-propagation rounds before giving up
 
 
@@ -224,6 +226,8 @@ def validate_dedup(dedup: DedupConfig) -> DedupConfig:
     _check_range("dedup.ngram", dedup.ngram, 1)
     _check_range("dedup.char_ngram", dedup.char_ngram, 1)
     _check_range("dedup.num_partitions", dedup.num_partitions, 1)
+    _check_range("dedup.partition_chars", dedup.partition_chars, 1)
+    _check_range("dedup.partition_docs", dedup.partition_docs, 1)
     _check_range("dedup.max_iterations", dedup.max_iterations, 1)
     return dedup
 

@@ -41,6 +41,14 @@ LABEL_SCHEMA = pa.schema([("node", pa.string()), ("label", pa.string()), ("chang
 MESSAGE_SCHEMA = pa.schema([("node", pa.string()), ("label", pa.string())])
 
 
+def partition_count(docs: int, chars: int, num_partitions: int, partition_chars: int, partition_docs: int) -> int:
+    """Hash partitions for an input of `docs` documents and `chars` characters: at least
+    `num_partitions`, and enough that none holds more than `partition_chars` of text or
+    `partition_docs` documents, so a partition task's memory stays flat as the corpus grows.
+    Survivors do not depend on it (smallest id per key or component)."""
+    return max(num_partitions, -(-chars // partition_chars), -(-docs // partition_docs))
+
+
 def partition_of(values: pa.Array, num_partitions: int) -> np.ndarray:
     """Hash partition (0..num_partitions-1) of each string or binary value; stable across runs."""
     digests = np.fromiter((xxhash.xxh3_64_intdigest(v) for v in _as_bytes(values)), dtype=np.uint64,

@@ -10,8 +10,9 @@ Near:   docs -> pieces by hash(id)  +  band rows -> pieces by hash(band key)
         -> per band partition: verified star edges, written both ways by hash(src)
         -> rounds of min-label propagation (messages by hash(dst), labels by hash(node)) until no
            label changes -> per id partition (docs and labels share the partitioning): kept / removed.
-Outputs are one file per partition, sorted by id: the same bytes for any block count, worker count
-or input order.
+The partition count grows with the input (`dedup.partition_count`), so one partition task holds a
+bounded share of it. Outputs are one file per partition, sorted by id: the same bytes for any block
+count, worker count or input order.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import xxhash
@@ -92,6 +94,21 @@ def _batch_stats(table: pa.Table) -> pa.Table:
     return pa.table({"rows": [table.num_rows], "schema": [table.schema.serialize().to_pybytes()]})
 
 
+def _size(batch: pa.Table) -> pa.Table:
+    chars = (batch.column("n_chars") if "n_chars" in batch.column_names
+             else pc.utf8_length(batch.column("text")))
+    return pa.table({"docs": [batch.num_rows], "chars": [pc.sum(chars).as_py() or 0]})
+
+
+def partition_count(ds: ray.data.Dataset, cfg: DedupConfig) -> int:
+    """Hash partitions for `ds` (see `dedup.partition_count`); reads only `n_chars` when it has one."""
+    sized = ds.select_columns(["n_chars"]) if "n_chars" in ds.columns() else ds
+    docs = chars = 0
+    for row in sized.map_batches(_size, batch_format="pyarrow").iter_rows():
+        docs, chars = docs + row["docs"], chars + row["chars"]
+    return dedup.partition_count(docs, chars, cfg.num_partitions, cfg.partition_chars, cfg.partition_docs)
+
+
 def _run(fn: Callable, args: list[tuple], desc: str) -> list:
     """Run one Ray task per argument tuple, with a progress bar; results in argument order."""
     from tqdm import tqdm
@@ -133,19 +150,21 @@ def _exact_partition(root: str, p: int, schema: pa.Schema) -> tuple[int, int]:
     return kept.num_rows, dups.num_rows
 
 
-def exact_dedup(ds: ray.data.Dataset, cfg: DedupConfig, work_dir: str) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+def exact_dedup(ds: ray.data.Dataset, cfg: DedupConfig, work_dir: str,
+                partitions: Optional[int] = None) -> tuple[ray.data.Dataset, ray.data.Dataset]:
     """(kept documents with the input's columns, duplicates with `dedup.DUPLICATE_SCHEMA`):
-    one survivor (the smallest id) per distinct text, across the whole dataset."""
+    one survivor (the smallest id) per distinct text, across the whole dataset.
+    `partitions`: the hash partition count, when the caller has sized the input already."""
     _check_columns(ds, "exact")
     root = _fresh_dir(Path(work_dir) / "exact")
-    P = cfg.num_partitions
+    P = partitions or partition_count(ds, cfg)
     stats = ds.map_batches(_exact_map, fn_kwargs=dict(root=str(root), num_partitions=P),
                            batch_format="pyarrow").take_all()
     schema = _unified_schema(stats) if stats else _empty_schema(ds)
     counts = _run(_exact_partition, [(str(root), p, schema) for p in range(P)], "exact dedup")
     shutil.rmtree(root / "docs", ignore_errors=True)
-    log.info("exact dedup: %d documents, %d duplicates removed",
-             sum(k + d for k, d in counts), sum(d for _, d in counts))
+    log.info("exact dedup: %d documents, %d duplicates removed (%d partitions)",
+             sum(k + d for k, d in counts), sum(d for _, d in counts), P)
     return _read_result(root / "kept"), _read_result(root / "duplicates")
 
 
@@ -157,8 +176,8 @@ def _hasher(num_perm: int, ngram: int, seed: int, char_ngram: int) -> MinHasher:
     return MinHasher(num_perm=num_perm, ngram=ngram, seed=seed, char_ngram=char_ngram)
 
 
-def _near_map(batch: pa.Table, cfg: DedupConfig, bands: int, rows: int, root: str) -> pa.Table:
-    root_path, P = Path(root), cfg.num_partitions
+def _near_map(batch: pa.Table, cfg: DedupConfig, bands: int, rows: int, root: str, P: int) -> pa.Table:
+    root_path = Path(root)
     ids = batch.column("id").combine_chunks()
     _write_pieces(batch, dedup.partition_of(ids, P), root_path, "docs")
     langs = batch.column("lang").to_pylist() if "lang" in batch.column_names else None
@@ -241,14 +260,16 @@ def _propagate_labels(root: Path, P: int, max_iterations: int) -> int:
         f"(dedup.max_iterations); raise it, or check for very long chains of near duplicates")
 
 
-def near_dedup(ds: ray.data.Dataset, cfg: DedupConfig, work_dir: str) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+def near_dedup(ds: ray.data.Dataset, cfg: DedupConfig, work_dir: str,
+               partitions: Optional[int] = None) -> tuple[ray.data.Dataset, ray.data.Dataset]:
     """(kept documents with the input's columns, duplicates with `dedup.DUPLICATE_SCHEMA`): one survivor
-    (the smallest id) per connected component of MinHash-LSH candidates verified at `cfg.threshold`."""
+    (the smallest id) per connected component of MinHash-LSH candidates verified at `cfg.threshold`.
+    `partitions`: the hash partition count, when the caller has sized the input already."""
     _check_columns(ds, "near")
     root = _fresh_dir(Path(work_dir) / "near")
-    P = cfg.num_partitions
+    P = partitions or partition_count(ds, cfg)
     bands, rows = lsh_params(cfg.threshold, cfg.num_perm)
-    stats = ds.map_batches(_near_map, fn_kwargs=dict(cfg=cfg, bands=bands, rows=rows, root=str(root)),
+    stats = ds.map_batches(_near_map, fn_kwargs=dict(cfg=cfg, bands=bands, rows=rows, root=str(root), P=P),
                            batch_format="pyarrow").take_all()
     schema = _unified_schema(stats) if stats else _empty_schema(ds)
     edges = sum(_run(_near_edges, [(str(root), p, P, cfg.num_perm, cfg.threshold) for p in range(P)],
@@ -257,6 +278,6 @@ def near_dedup(ds: ray.data.Dataset, cfg: DedupConfig, work_dir: str) -> tuple[r
     counts = _run(_near_split, [(str(root), p, final, schema) for p in range(P)], "near dedup: split")
     for step in ("docs", "bands", "edges", f"labels-{final}"):
         shutil.rmtree(root / step, ignore_errors=True)
-    log.info("near dedup: %d bands x %d rows, %d candidate edges, %d documents, %d duplicates removed",
-             bands, rows, edges, sum(k + d for k, d in counts), sum(d for _, d in counts))
+    log.info("near dedup: %d bands x %d rows, %d candidate edges, %d documents, %d duplicates removed "
+             "(%d partitions)", bands, rows, edges, sum(k + d for k, d in counts), sum(d for _, d in counts), P)
     return _read_result(root / "kept"), _read_result(root / "duplicates")

@@ -103,6 +103,26 @@ def test_output_files_are_identical_across_block_counts_and_input_order(ray_loca
     assert outputs[0] == outputs[1]
 
 
+def test_partitions_grow_with_the_input_and_do_not_change_the_survivors(ray_local, tmp_path):
+    rows, expected = _corpus()
+    docs = len(rows)
+    cfg = DedupConfig(num_partitions=2, partition_docs=20)
+    kept, exact, near = (_table(ds) for ds in _run(ray_local, rows, tmp_path, blocks=3, cfg=cfg))
+    partitions = -(-docs // 20)
+    assert partitions > 2
+    assert len(list(tmp_path.rglob("*.parquet"))) == 4 * partitions  # kept + duplicates, exact + near
+    removed = {r["id"]: r["duplicate_of"] for t in (exact, near) for r in t.to_pylist()}
+    assert removed == expected and kept.num_rows == docs - len(expected)
+
+
+def test_partition_count_bounds_text_and_documents_per_partition():
+    from pipeline.dedup import partition_count
+
+    assert partition_count(docs=10, chars=100, num_partitions=16, partition_chars=1000, partition_docs=50) == 16
+    assert partition_count(docs=10, chars=10_001, num_partitions=4, partition_chars=1000, partition_docs=50) == 11
+    assert partition_count(docs=501, chars=100, num_partitions=4, partition_chars=1000, partition_docs=50) == 11
+
+
 def test_label_propagation_that_cannot_converge_fails_clearly(ray_local, tmp_path):
     from pipeline.dedup_ray import near_dedup
 
