@@ -81,6 +81,8 @@ class RayConfig:
     num_cpus: Optional[int] = None  # local Ray only
     object_store_memory: Optional[int] = None  # bytes, local Ray only
     step_retries: int = 2  # times a step is rerun, from its completed parts, after Ray loses a node or worker
+    block_mb: Optional[int] = None  # Ray Data block and Parquet read unit, MiB; None: Ray's 128
+    recycle_workers: bool = True  # local Ray only: a worker idle for a second exits, freeing what tasks left
 
 
 @dataclass
@@ -266,6 +268,8 @@ def validate(cfg: Config) -> Config:
     if cfg.ray.num_cpus is not None:
         _check_range("ray.num_cpus", cfg.ray.num_cpus, 1)
     _check_range("ray.step_retries", cfg.ray.step_retries, 0)
+    if cfg.ray.block_mb is not None:
+        _check_range("ray.block_mb", cfg.ray.block_mb, 1)
     validate_tokenizer(cfg.tokenizer)
     _check_range("mixing.max_epochs", cfg.mixing.max_epochs, 0.0, lo_open=True)
     _check_range("mixing.sequence_length", cfg.mixing.sequence_length, 2)

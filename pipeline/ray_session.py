@@ -20,9 +20,49 @@ def ray_session(cfg: Optional[RayConfig] = None) -> Iterator[None]:
     import ray
 
     cfg = cfg or RayConfig()
-    if ray.is_initialized():
+    with _block_size(cfg.block_mb):
+        if ray.is_initialized():
+            yield
+            return
+        with _own_ray(cfg):
+            yield
+
+
+# Read by Ray Data's `read_parquet` on the driver: the most uncompressed bytes one read task packs.
+_PARQUET_READ_UNIT = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
+
+
+@contextlib.contextmanager
+def _block_size(block_mb: Optional[int]) -> Iterator[None]:
+    """Set Ray Data's block size and Parquet read unit to `block_mb` MiB for the session (None: Ray's).
+
+    What one task holds at a time is a few blocks, so this, with the file and partition caps of the
+    stages, sets a worker's memory, independent of the corpus size.
+    """
+    if block_mb is None:
         yield
         return
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    saved = ctx.target_max_block_size, os.environ.get(_PARQUET_READ_UNIT)
+    ctx.target_max_block_size = block_mb * 2**20
+    os.environ[_PARQUET_READ_UNIT] = str(block_mb * 2**20)
+    try:
+        yield
+    finally:
+        ctx.target_max_block_size = saved[0]
+        if saved[1] is None:
+            os.environ.pop(_PARQUET_READ_UNIT, None)
+        else:
+            os.environ[_PARQUET_READ_UNIT] = saved[1]
+
+
+@contextlib.contextmanager
+def _own_ray(cfg: RayConfig) -> Iterator[None]:
+    """Join the cluster `cfg` names, or start a local Ray; shut down on exit."""
+    import ray
+
     address = cfg.address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(log_to_driver=False, configure_logging=False, include_dashboard=False)
     if address:
@@ -33,6 +73,11 @@ def ray_session(cfg: Optional[RayConfig] = None) -> Iterator[None]:
             kwargs["num_cpus"] = cfg.num_cpus
         if cfg.object_store_memory is not None:
             kwargs["object_store_memory"] = cfg.object_store_memory
+        if cfg.recycle_workers:
+            # Ray keeps up to num_cpus idle workers alive; a worker that ran many tasks holds memory
+            # its allocators did not give back (measured: 2.6 GB at the end of the 392 M-character
+            # job, 1.7 GB with this). With no idle workers kept, one idle for a second exits.
+            kwargs["_system_config"] = {"num_workers_soft_limit": 0}
         log.info("starting a local Ray (num_cpus=%s)", cfg.num_cpus or os.cpu_count())
         ray.init(address="local", **kwargs)  # "local": never silently join another Ray on this host
     try:
