@@ -27,7 +27,10 @@ class PeakRSS(threading.Thread):
     the object-store and library pages it maps, which RSS counts in every process that touches them),
     `names` (the latest name; a Ray worker's names the task or actor it runs), `by_name` (the peak RSS
     under each name the process had: which task grew a worker) and `parents` (to place a worker under
-    its raylet, i.e. on its node). `tree` is the largest sum of RSS over all processes at one sample.
+    its raylet, i.e. on its node). `grew_by` holds, per pid and name, the most RSS rose above its level
+    when the process took that name: Ray reuses workers, so a peak under a name may be memory an
+    earlier task left behind, while the rise is what the task itself added.
+    `tree` is the largest sum of RSS over all processes at one sample.
     A `ray.cluster_utils.Cluster` started in this process is sampled too: its nodes are children of it.
     """
 
@@ -35,6 +38,7 @@ class PeakRSS(threading.Thread):
         super().__init__(daemon=True)
         self.interval, self.stop = interval, threading.Event()
         self.peaks, self.private, self.names, self.by_name, self.parents = {}, {}, {}, {}, {}
+        self.grew_by, self._entered = {}, {}
         self.tree = 0
 
     def run(self):
@@ -51,6 +55,10 @@ class PeakRSS(threading.Thread):
                 total += mem.rss
                 self.peaks[p.pid] = max(self.peaks.get(p.pid, 0), mem.rss)
                 self.private[p.pid] = max(self.private.get(p.pid, 0), mem.rss - mem.shared)
+                if self.names.get(p.pid) != name:
+                    self._entered[p.pid] = mem.rss
+                rise = self.grew_by.setdefault(p.pid, {})
+                rise[name] = max(rise.get(name, 0), mem.rss - self._entered[p.pid])
                 self.names[p.pid], self.parents[p.pid] = name, ppid
                 named = self.by_name.setdefault(p.pid, {})
                 named[name] = max(named.get(name, 0), mem.rss)

@@ -1,7 +1,8 @@
 """End-to-end `xdp run` benchmark: memory against corpus size, and one node against a two-node cluster.
 
     python bench/bench_run.py --scale [--nodes] [--fraction 1] [--vocab-size 100534] [--sample-mb 150]
-                              [--num-cpus 2] [--object-store-mb 2048] [--json PATH]
+                              [--num-cpus 2] [--object-store-mb 2048] [--shard-mb 0]
+                              [--block-mb B] [--file-mchars M] [--partition-mchars M] [--json PATH]
 
 --scale   the job on every 10th line of each shard and on the whole corpus (10x apart): wall time, MB/s,
           time per stage and peak RSS per process role, and the 10x/1x ratio of each, so "memory stays
@@ -101,6 +102,12 @@ def job_config(shards: Path, output: Path, args, ray_cfg):
     cfg.ray = ray_cfg
     cfg.tokenizer.vocab_size = args.vocab_size
     cfg.tokenizer.sample_bytes = int(args.sample_mb * MB)
+    if args.block_mb:
+        cfg.ray.block_mb = args.block_mb
+    if args.file_mchars:
+        cfg.write.target_file_chars = int(args.file_mchars * MB)
+    if args.partition_mchars:
+        cfg.dedup.partition_chars = int(args.partition_mchars * MB)
     return validate(cfg)
 
 
@@ -187,6 +194,22 @@ def memory_by_role(sampler: PeakRSS) -> dict[str, dict]:
     return out
 
 
+def peaks_by_task(sampler: PeakRSS) -> dict[str, dict[str, int]]:
+    """{task or actor name: {"peak": the largest RSS a Ray worker had under it, "rise": the most a
+    worker's RSS rose while it had it}}: which work grows a worker. Ray reuses workers, so a peak
+    includes what the worker kept from earlier tasks; the rise is the task's own."""
+    out: dict[str, dict[str, int]] = {}
+    for pid, named in sampler.by_name.items():
+        if role_of(pid, sampler) != "largest Ray worker":
+            continue
+        for name, peak in named.items():
+            if name.startswith("ray::") and name not in RAY_SYSTEM_ACTORS | {"ray::IDLE"}:
+                slot = out.setdefault(name, {"peak": 0, "rise": 0})
+                slot["peak"] = max(slot["peak"], peak)
+                slot["rise"] = max(slot["rise"], sampler.grew_by.get(pid, {}).get(name, 0))
+    return out
+
+
 # ----------------------------------------------------------------------------- one run
 
 
@@ -235,6 +258,7 @@ def run_once(shards: Path, input_bytes: int, nodes: int, args, work: Path) -> di
         "timings": flat(timings),
         "driver_after_step": driver_steps,
         "memory": memory_by_role(sampler),
+        "worker_by_task": peaks_by_task(sampler),
     }
     if not args.keep:
         shutil.rmtree(output, ignore_errors=True)
@@ -299,6 +323,25 @@ def table(title: str, heads: list[str], runs: list[dict], with_node: bool) -> st
     return "\n".join(lines)
 
 
+def task_table(heads: list[str], runs: list[dict], top: int = 12) -> str:
+    """The `top` task names by the most a worker's RSS rose while running them, in any run: peak RSS
+    and rise per run, and the ratios."""
+    def cell(run, name, key):
+        return run["worker_by_task"].get(name, {}).get(key)
+
+    names = sorted({n for r in runs for n in r["worker_by_task"]},
+                   key=lambda n: -max(cell(r, n, "rise") or 0 for r in runs))[:top]
+    out = [f"| Ray worker while running (MiB) | peak {' | peak '.join(heads)} | ratio "
+           f"| rise {' | rise '.join(heads)} | ratio |", "|---|" + "---:|" * (2 * len(heads) + 2)]
+    for name in names:
+        cells = []
+        for key in ("peak", "rise"):
+            a, b = (cell(r, name, key) for r in runs)
+            cells += [_num(_per(a, MIB), "{:,.0f}"), _num(_per(b, MIB), "{:,.0f}"), _ratio(a, b)]
+        out.append(f"| `{name[5:][:90]}` | {' | '.join(cells)} |")
+    return "\n".join(out)
+
+
 def lines(every: int) -> str:
     return "the whole corpus" if every == 1 else f"every {every}th line of each shard"
 
@@ -332,6 +375,11 @@ def main() -> None:
     ap.add_argument("--object-store-mb", type=float, default=2048, help="object store in all, MiB (split too)")
     ap.add_argument("--shard-mb", type=float, default=0,
                     help="rewrite the inputs into files of at most this many MB of JSONL (0: keep the shards)")
+    ap.add_argument("--block-mb", type=int, default=0, help="ray.block_mb (0: Ray's default block size)")
+    ap.add_argument("--file-mchars", type=float, default=0,
+                    help="write.target_file_chars in millions (0: the config's)")
+    ap.add_argument("--partition-mchars", type=float, default=0,
+                    help="dedup.partition_chars in millions (0: the config's)")
     ap.add_argument("--work", type=Path, help="scratch directory (default: a temporary one, removed)")
     ap.add_argument("--keep", action="store_true", help="keep each run's output directory")
     ap.add_argument("--json", type=Path, help="also write the raw numbers here")
@@ -368,6 +416,7 @@ def main() -> None:
                        "a sample of at most --sample-mb, so the driver's peak follows the sample actually "
                        "drawn (row 'tokenizer sample'), not the corpus: keep --sample-mb below the 1x input "
                        f"for a like-for-like driver figure. {MEMORY_NOTE}")
+            out.append(task_table(["1x", "10x"], [small, large]))
         if args.nodes:
             one, two = run(every, 1), run(every, 2)
             out.append(table(f"`xdp run` on {lines(every)}: one node ({args.num_cpus} CPUs) vs two nodes "
