@@ -36,8 +36,7 @@ _PARQUET_READ_UNIT = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
 def _block_size(block_mb: Optional[int]) -> Iterator[None]:
     """Set Ray Data's block size and Parquet read unit to `block_mb` MiB for the session (None: Ray's).
 
-    What one task holds at a time is a few blocks, so this, with the file and partition caps of the
-    stages, sets a worker's memory, independent of the corpus size.
+    What one read or map task works on is a few blocks: smaller blocks mean more, smaller tasks.
     """
     if block_mb is None:
         yield
