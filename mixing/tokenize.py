@@ -1,7 +1,7 @@
 """Batched tokenization of cleaned documents: token ids + EOS, and the per-document fields mixing needs.
 
-`Tokenize` is a plain callable over an Arrow table, so it is unit-testable without Ray; Ray Data uses it
-as a `map_batches` callable class so each worker loads the tokenizer once.
+`Tokenize` is a plain callable over an Arrow table, so it is unit-testable without Ray; Ray Data calls
+`tokenize_batch`, which keeps one `Tokenize` per worker process so the tokenizer loads once.
 """
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ import ray
 import xxhash
 
 from pipeline import dedup
+from pipeline.aggregate import sum_by
 from pipeline.write import write_parquet_atomic
 from pipeline.config import DedupConfig
 from pipeline.minhash import MinHasher, lsh_params
@@ -94,18 +95,15 @@ def _batch_stats(table: pa.Table) -> pa.Table:
     return pa.table({"rows": [table.num_rows], "schema": [table.schema.serialize().to_pybytes()]})
 
 
-def _size(batch: pa.Table) -> pa.Table:
-    chars = (batch.column("n_chars") if "n_chars" in batch.column_names
-             else pc.utf8_length(batch.column("text")))
-    return pa.table({"docs": [batch.num_rows], "chars": [pc.sum(chars).as_py() or 0]})
+def _n_chars(batch: pa.Table) -> pa.Table:
+    return pa.table({"n_chars": pc.utf8_length(batch.column("text")).cast(pa.int64())})
 
 
 def partition_count(ds: ray.data.Dataset, cfg: DedupConfig) -> int:
     """Hash partitions for `ds` (see `dedup.partition_count`); reads only `n_chars` when it has one."""
-    sized = ds.select_columns(["n_chars"]) if "n_chars" in ds.columns() else ds
-    docs = chars = 0
-    for row in sized.map_batches(_size, batch_format="pyarrow").iter_rows():
-        docs, chars = docs + row["docs"], chars + row["chars"]
+    sized = (ds.select_columns(["n_chars"]) if "n_chars" in ds.columns()
+             else ds.map_batches(_n_chars, batch_format="pyarrow"))
+    docs, chars = sum_by(sized, [], "n_chars").get((), (0, 0))
     return dedup.partition_count(docs, chars, cfg.num_partitions, cfg.partition_chars, cfg.partition_docs)
 
 
