@@ -74,8 +74,9 @@ def _own_ray(cfg: RayConfig) -> Iterator[None]:
             kwargs["object_store_memory"] = cfg.object_store_memory
         if cfg.recycle_workers:
             # Ray keeps up to num_cpus idle workers alive; a worker that ran many tasks holds memory
-            # its allocators did not give back (measured: 2.6 GB at the end of the 392 M-character
-            # job, 1.7 GB with this). With no idle workers kept, one idle for a second exits.
+            # earlier tasks left behind, which gc and Arrow's release_unused do not return (measured:
+            # 2.6 GB at the end of the 392 M-character job, 1.7 GB with this). With no idle workers
+            # kept, one idle for a second exits.
             kwargs["_system_config"] = {"num_workers_soft_limit": 0}
         log.info("starting a local Ray (num_cpus=%s)", cfg.num_cpus or os.cpu_count())
         ray.init(address="local", **kwargs)  # "local": never silently join another Ray on this host
