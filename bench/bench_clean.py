@@ -30,7 +30,8 @@ class PeakRSS(threading.Thread):
     its raylet, i.e. on its node). `grew_by` holds, per pid and name, the most RSS rose above its level
     when the process took that name: Ray reuses workers, so a peak under a name may be memory an
     earlier task left behind, while the rise is what the task itself added.
-    `tree` is the largest sum of RSS over all processes at one sample.
+    `tree` is the largest sum of RSS over all processes at one sample; `tree_pss` the largest sum of PSS,
+    which splits each shared page among the processes that map it, so the object store counts once.
     A `ray.cluster_utils.Cluster` started in this process is sampled too: its nodes are children of it.
     """
 
@@ -39,20 +40,21 @@ class PeakRSS(threading.Thread):
         self.interval, self.stop = interval, threading.Event()
         self.peaks, self.private, self.names, self.by_name, self.parents = {}, {}, {}, {}, {}
         self.grew_by, self._entered = {}, {}
-        self.tree = 0
+        self.tree = self.tree_pss = 0
 
     def run(self):
         me = psutil.Process()
         while not self.stop.is_set():
-            total = 0
+            total = total_pss = 0
             for p in [me] + me.children(recursive=True):
                 try:
                     with p.oneshot():
-                        mem, ppid = p.memory_info(), p.ppid()
+                        mem, ppid = p.memory_full_info(), p.ppid()
                         name = p.name() if p.pid != me.pid else "driver"
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 total += mem.rss
+                total_pss += mem.pss
                 self.peaks[p.pid] = max(self.peaks.get(p.pid, 0), mem.rss)
                 self.private[p.pid] = max(self.private.get(p.pid, 0), mem.rss - mem.shared)
                 if self.names.get(p.pid) != name:
@@ -62,7 +64,7 @@ class PeakRSS(threading.Thread):
                 self.names[p.pid], self.parents[p.pid] = name, ppid
                 named = self.by_name.setdefault(p.pid, {})
                 named[name] = max(named.get(name, 0), mem.rss)
-            self.tree = max(self.tree, total)
+            self.tree, self.tree_pss = max(self.tree, total), max(self.tree_pss, total_pss)
             time.sleep(self.interval)
 
 

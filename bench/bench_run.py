@@ -43,13 +43,16 @@ MB = 1e6
 MIB = 2**20
 # Ray's own per-node helpers: they carry a "ray::" title but run no job work.
 RAY_SYSTEM_ACTORS = {"ray::DashboardAgent", "ray::RuntimeEnvAgent"}
-MEMORY_NOTE = ("Private = RSS less shared pages (object store, libraries); the sum over all processes adds "
-               "RSS, so shared pages count once per process that maps them.")
+MEMORY_NOTE = ("Private = RSS less shared pages (object store, libraries): a worker's RSS also counts every "
+               "object-store page it has read or written, which the store bounds, not the worker. The RSS sum "
+               "over all processes counts shared pages once per process that maps them; the PSS sum once.")
 # Names a Ray worker has while it runs language ID: the actor of earlier versions, the task of now.
 LANGID_NAMES = ("LangIdStage", "label_batch")
 LANGID = "language ID (worker, while running it)"
 # Rows in table order; "largest" rows hold the biggest process of that kind.
 ROLES = ("driver", "largest Ray worker", LANGID, "raylet", "GCS server", "largest Ray system process")
+ALL_RSS = "all processes (sum)"  # shared pages (the object store) count once per process that maps them
+ALL_PSS = "all processes (sum of PSS)"  # each shared page split among those processes: counted once
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -190,7 +193,8 @@ def memory_by_role(sampler: PeakRSS) -> dict[str, dict]:
         for name, peak in named.items():
             if any(m in name for m in LANGID_NAMES) and peak > out.get(LANGID + node, {}).get("rss", -1):
                 out[LANGID + node] = {"rss": peak, "private": None, "grew_in": name}
-    out["all processes (sum) @ all"] = {"rss": sampler.tree, "private": None, "grew_in": None}
+    out[ALL_RSS + " @ all"] = {"rss": sampler.tree, "private": None, "grew_in": None}
+    out[ALL_PSS + " @ all"] = {"rss": sampler.tree_pss, "private": None, "grew_in": None}
     return out
 
 
@@ -300,7 +304,7 @@ def rows(runs: list[dict], with_node: bool) -> list[tuple[str, list]]:
     out += [("documents kept", [r["docs_kept"] for r in runs]),
             ("tokenizer sample (MB)", [_per(r["tokenizer_sample_bytes"], MB) for r in runs]),
             ("tokens written (M)", [_per(r["tokens_written"], MB) for r in runs])]
-    order = {role: i for i, role in enumerate(ROLES + ("all processes (sum)",))}
+    order = {role: i for i, role in enumerate(ROLES + (ALL_RSS, ALL_PSS))}
     for key in sorted({k for r in runs for k in r["memory"]}, key=lambda k: (order[k.split(" @ ")[0]], k)):
         label = key if with_node else key.split(" @ ")[0]
         cells = [(r["memory"][key]["rss"] / MIB, _per(r["memory"][key]["private"], MIB))
@@ -375,7 +379,7 @@ def main() -> None:
     ap.add_argument("--object-store-mb", type=float, default=2048, help="object store in all, MiB (split too)")
     ap.add_argument("--shard-mb", type=float, default=0,
                     help="rewrite the inputs into files of at most this many MB of JSONL (0: keep the shards)")
-    ap.add_argument("--block-mb", type=int, default=0, help="ray.block_mb (0: Ray's default block size)")
+    ap.add_argument("--block-mb", type=int, default=0, help="ray.block_mb (0: the config's)")
     ap.add_argument("--file-mchars", type=float, default=0,
                     help="write.target_file_chars in millions (0: the config's)")
     ap.add_argument("--partition-mchars", type=float, default=0,
