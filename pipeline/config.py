@@ -81,8 +81,9 @@ class RayConfig:
     num_cpus: Optional[int] = None  # local Ray only
     object_store_memory: Optional[int] = None  # bytes, local Ray only
     step_retries: int = 2  # times a step is rerun, from its completed parts, after Ray loses a node or worker
-    block_mb: Optional[int] = None  # Ray Data block and Parquet read unit, MiB; None: Ray's 128
+    block_mb: Optional[int] = 32  # Ray Data block and Parquet read unit, MiB; None: Ray's 128
     recycle_workers: bool = True  # local Ray only: a worker idle for a second exits, freeing what tasks left
+    release_memory: bool = True  # workers hand memory a task freed back to the OS at once (see ray_session)
 
 
 @dataclass

@@ -44,17 +44,40 @@ def _block_size(block_mb: Optional[int]) -> Iterator[None]:
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    saved = ctx.target_max_block_size, os.environ.get(_PARQUET_READ_UNIT)
+    saved = ctx.target_max_block_size
     ctx.target_max_block_size = block_mb * 2**20
-    os.environ[_PARQUET_READ_UNIT] = str(block_mb * 2**20)
+    try:
+        with _environ({_PARQUET_READ_UNIT: str(block_mb * 2**20)}):
+            yield
+    finally:
+        ctx.target_max_block_size = saved
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """This process's environment with `values` set, restored on exit."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        ctx.target_max_block_size = saved[0]
-        if saved[1] is None:
-            os.environ.pop(_PARQUET_READ_UNIT, None)
-        else:
-            os.environ[_PARQUET_READ_UNIT] = saved[1]
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# Environment of every worker of a job with `ray.release_memory`. Arrow's default pool (mimalloc) keeps
+# pages a task freed, and glibc raises its mmap threshold after each large free, so large buffers come
+# from a heap that rarely shrinks: a worker grew by what earlier tasks left. Arrow on malloc with a fixed
+# 1 MiB mmap threshold unmaps each large buffer when it is freed. Clean step of the 392 M-character job,
+# largest worker: 1,806 MiB -> 969 MiB, 131 s -> 149 s (256 KiB: 910 MiB, 169 s; 4 MiB: 1,109 MiB, 144 s).
+RELEASE_MEMORY_ENV = {
+    "ARROW_DEFAULT_MEMORY_POOL": "system",
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(4 << 20),
+}
 
 
 @contextlib.contextmanager
@@ -64,8 +87,11 @@ def _own_ray(cfg: RayConfig) -> Iterator[None]:
 
     address = cfg.address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(log_to_driver=False, configure_logging=False, include_dashboard=False)
+    worker_env = RELEASE_MEMORY_ENV if cfg.release_memory else {}
     if address:
         log.info("joining Ray cluster at %s", address)
+        if worker_env:  # the job's runtime env: Ray sets it in every worker it starts for this job
+            kwargs["runtime_env"] = {"env_vars": dict(worker_env)}
         ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
     else:
         if cfg.num_cpus is not None:
@@ -79,7 +105,10 @@ def _own_ray(cfg: RayConfig) -> Iterator[None]:
             # kept, one idle for a second exits.
             kwargs["_system_config"] = {"num_workers_soft_limit": 0}
         log.info("starting a local Ray (num_cpus=%s)", cfg.num_cpus or os.cpu_count())
-        ray.init(address="local", **kwargs)  # "local": never silently join another Ray on this host
+        # The raylet inherits this environment and passes it on to every worker: cheaper than a runtime
+        # env, which made each worker start wait for Ray's runtime-env agent (the demo: 61 s -> 80 s).
+        with _environ(worker_env):
+            ray.init(address="local", **kwargs)  # "local": never silently join another Ray on this host
     try:
         yield
     finally:

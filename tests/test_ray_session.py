@@ -1,13 +1,21 @@
-"""`ray_session`: the block size setting reaches Ray Data's reads and is undone afterwards."""
+"""`ray_session`: the block size setting reaches Ray Data's reads and is undone afterwards; the memory
+setting reaches every worker."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.config import RayConfig
-from pipeline.ray_session import _PARQUET_READ_UNIT, ray_session
+from pipeline.ray_session import _PARQUET_READ_UNIT, RELEASE_MEMORY_ENV, ray_session
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _blocks(ray, path) -> list[int]:
@@ -30,3 +38,50 @@ def test_block_mb_bounds_read_blocks_and_is_restored(ray_local, tmp_path):
     assert max(whole) > 200 and max(small) <= 200  # 1 MiB units: at most two 1 MB row groups
     assert DataContext.get_current().target_max_block_size == default_size
     assert _PARQUET_READ_UNIT not in os.environ
+
+
+_WORKER_MEMORY_PROBE = """
+import json, os, sys
+import ray
+from pipeline.config import RayConfig
+from pipeline.ray_session import ray_session
+
+def probe():
+    import os
+    import pyarrow as pa
+    return [pa.default_memory_pool().backend_name, os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+            os.environ.get("TOKENIZERS_PARALLELISM")]
+
+mode = sys.argv[1]  # local, cluster (a job joining a running Ray) or off
+cfg = RayConfig(num_cpus=1, object_store_memory=80 * 2**20, release_memory=mode != "off")
+cluster = None
+if mode == "cluster":
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 80 * 2**20})
+    cfg.address = cluster.address
+with ray_session(cfg):
+    plain = ray.get(ray.remote(probe).remote())
+    # a task with its own env_vars, as mixing's tokenizer has: the job's variables must still apply
+    own = ray.get(ray.remote(probe).options(
+        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}).remote())
+    driver = os.environ.get("MALLOC_MMAP_THRESHOLD_")  # the driver's own environment is left as it was
+if cluster:
+    cluster.shutdown()
+print(json.dumps([plain, own, driver]))
+"""
+
+
+@pytest.mark.parametrize("mode", ["local", "cluster", "off"])
+def test_release_memory_sets_the_allocator_of_every_worker(mode):
+    # its own process: a Ray already started by another test would be reused, without the setting
+    out = subprocess.run([sys.executable, "-c", _WORKER_MEMORY_PROBE, mode], capture_output=True, text=True,
+                         timeout=180, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    plain, own, driver = json.loads(out.stdout.strip().splitlines()[-1])
+    assert own[2] == "false" and driver is None
+    if mode != "off":
+        threshold = RELEASE_MEMORY_ENV["MALLOC_MMAP_THRESHOLD_"]
+        assert plain == ["system", threshold, None]
+        assert own == ["system", threshold, "false"]
+    else:
+        assert plain[0] != "system" and plain[1] is None and own[:2] == plain[:2]
