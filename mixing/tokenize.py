@@ -98,14 +98,9 @@ class Tokenize:
         if col["id"].null_count:
             raise ValueError("cleaned documents with a null id; every document needs an id")
         texts = batch.column("text").to_pylist()
-        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        eos = (self.info.eos_id,)
-        seqs = [enc.ids for enc in encodings]
-        lengths = np.fromiter((len(s) + 1 for s in seqs), dtype=np.int64, count=len(seqs))
-        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+        flat, lengths = self._token_ids(texts)
+        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        flat = np.fromiter(itertools.chain.from_iterable(itertools.chain(s, eos) for s in seqs),
-                           dtype=np.uint32, count=int(offsets[-1]))
         cats, keys = bucket_keys(col["category"], col["lang"], col["code_lang"])
         ids = col["id"].to_pylist()
         return pa.Table.from_arrays([
@@ -115,6 +110,33 @@ class Tokenize:
                                  count=len(texts)).view(np.int64)),
             pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat)),
         ], schema=TOKENIZED_SCHEMA)
+
+
+    def _token_ids(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(the documents' token ids, each followed by EOS, in one uint32 array; tokens per document).
+
+        Encodes at most `_ENCODE_CHARS` characters per call (a longer document alone) and keeps only the
+        ids: an `Encoding` also holds offsets, token strings and masks, about 95 bytes per token
+        (measured), so a batch of long documents encoded at once held hundreds of MB.
+        """
+        eos = (self.info.eos_id,)
+        pieces, lengths = [], np.zeros(len(texts), dtype=np.int64)
+        start = 0
+        while start < len(texts):
+            end, chars = start, 0
+            while end < len(texts) and (end == start or chars + len(texts[end]) <= _ENCODE_CHARS):
+                chars += len(texts[end])
+                end += 1
+            for i, enc in enumerate(self.tokenizer.encode_batch_fast(texts[start:end], add_special_tokens=False),
+                                    start):
+                ids = enc.ids
+                lengths[i] = len(ids) + 1
+                pieces.append(np.fromiter(itertools.chain(ids, eos), dtype=np.uint32, count=lengths[i]))
+            start = end
+        return (np.concatenate(pieces) if pieces else np.zeros(0, np.uint32)), lengths
+
+
+_ENCODE_CHARS = 1 << 18  # characters of text per encode call (see Tokenize._token_ids)
 
 
 @functools.lru_cache(maxsize=2)

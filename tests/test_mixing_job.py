@@ -89,6 +89,23 @@ def test_tokenize_appends_eos_and_buckets(workdir):
         (c, l or k) for c, l, k, _ in LAYOUT}
 
 
+def test_tokenize_in_slices_gives_the_ids_of_one_call(workdir, monkeypatch):
+    import mixing.tokenize as tokenize
+
+    batch = pds.dataset(workdir / "cleaned", format="parquet", partitioning="hive").to_table().slice(0, 50)
+    tok = Tokenize(str(workdir / "tokenizer"), seed=1)
+    whole = tok.tokenizer.encode_batch_fast(batch.column("text").to_pylist(), add_special_tokens=False)
+    monkeypatch.setattr(tokenize, "_ENCODE_CHARS", 100)  # every call a few short documents, or one long one
+    calls = []
+    encode = tok.tokenizer.encode_batch_fast
+    tok.tokenizer = type("Spy", (), {"encode_batch_fast": lambda self, texts, **kw: calls.append(texts) or
+                                     encode(texts, **kw)})()
+    tokens = tok(batch).column("tokens").to_pylist()
+    assert tokens == [e.ids + [2] for e in whole]
+    assert len(calls) > 5 and all(len(c) == 1 or sum(map(len, c)) <= 100 for c in calls)
+    assert [t for c in calls for t in c] == batch.column("text").to_pylist()
+
+
 @pytest.fixture(scope="module")
 def mixed(workdir, ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("mixed")
