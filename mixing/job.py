@@ -61,9 +61,7 @@ def tokenized(cleaned_dir: str, tokenizer_dir: str, seed: int):
     info = TokenizerInfo.load(tokenizer_dir)  # fail fast, before any worker starts
     return ray.data.read_parquet(cleaned_dir).map_batches(
         tokenize_batch, fn_kwargs={"tokenizer_dir": tokenizer_dir, "sha256": info.sha256, "seed": seed},
-        batch_format="pyarrow", batch_size=_TOKENIZE_BATCH,
-        # one CPU per task: keep the tokenizer's own thread pool from oversubscribing the node
-        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+        batch_format="pyarrow", batch_size=_TOKENIZE_BATCH)
 
 
 def document_counts(cleaned_dir: str, tokenizer_dir: str, seed: int, ray_cfg: Optional[RayConfig] = None) -> pa.Table:

@@ -141,6 +141,10 @@ _ENCODE_CHARS = 1 << 18  # characters of text per encode call (see Tokenize._tok
 
 @functools.lru_cache(maxsize=2)
 def _tokenizer(tokenizer_dir: str, sha256: str, seed: int) -> Tokenize:
+    # A task has one CPU: the tokenizer's own thread pool would oversubscribe the node. Set here, in the
+    # worker, rather than as the task's runtime env: a task with its own env cannot fuse with the read
+    # before it, and needs workers of its own.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     return Tokenize(tokenizer_dir, seed)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -87,6 +88,17 @@ def test_tokenize_appends_eos_and_buckets(workdir):
     assert out.column("n_tokens").to_pylist() == [len(t) for t in tokens]
     assert set(zip(out.column("category").to_pylist(), out.column("key").to_pylist())) <= {
         (c, l or k) for c, l, k, _ in LAYOUT}
+
+
+def test_tokenize_batch_keeps_the_tokenizer_to_one_thread(workdir, monkeypatch):
+    from mixing.tokenize import TokenizerInfo, _tokenizer, tokenize_batch
+
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")  # restored after the test
+    _tokenizer.cache_clear()
+    batch = pds.dataset(workdir / "cleaned", format="parquet", partitioning="hive").to_table().slice(0, 5)
+    info = TokenizerInfo.load(workdir / "tokenizer")
+    assert tokenize_batch(batch, str(workdir / "tokenizer"), info.sha256, 1).num_rows == 5
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
 
 
 def test_tokenize_in_slices_gives_the_ids_of_one_call(workdir, monkeypatch):
