@@ -61,7 +61,7 @@ if mode == "cluster":
     cfg.address = cluster.address
 with ray_session(cfg):
     plain = ray.get(ray.remote(probe).remote())
-    # a task with its own env_vars, as mixing's tokenizer has: the job's variables must still apply
+    # a task with env_vars of its own: the job's variables must still apply to it
     own = ray.get(ray.remote(probe).options(
         runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}).remote())
     driver = os.environ.get("MALLOC_MMAP_THRESHOLD_")  # the driver's own environment is left as it was
