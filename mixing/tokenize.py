@@ -111,7 +111,6 @@ class Tokenize:
             pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat)),
         ], schema=TOKENIZED_SCHEMA)
 
-
     def _token_ids(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(the documents' token ids, each followed by EOS, in one uint32 array; tokens per document).
 
@@ -142,8 +141,8 @@ _ENCODE_CHARS = 1 << 18  # characters of text per encode call (see Tokenize._tok
 @functools.lru_cache(maxsize=2)
 def _tokenizer(tokenizer_dir: str, sha256: str, seed: int) -> Tokenize:
     # A task has one CPU: the tokenizer's own thread pool would oversubscribe the node. Set here, in the
-    # worker, rather than as the task's runtime env: a task with its own env cannot fuse with the read
-    # before it, and needs workers of its own.
+    # worker, rather than as the task's runtime env: a task with its own env cannot fuse with the
+    # operators next to it, and needs workers of its own.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     return Tokenize(tokenizer_dir, seed)
 
