@@ -20,7 +20,7 @@ import functools
 import logging
 import shutil
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +34,7 @@ from pipeline.aggregate import sum_by
 from pipeline.write import write_parquet_atomic
 from pipeline.config import DedupConfig
 from pipeline.minhash import MinHasher, lsh_params
+from pipeline.ray_session import run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -107,23 +108,6 @@ def partition_count(ds: ray.data.Dataset, cfg: DedupConfig) -> int:
     return dedup.partition_count(docs, chars, cfg.num_partitions, cfg.partition_chars, cfg.partition_docs)
 
 
-def _run(fn: Callable, args: list[tuple], desc: str) -> list:
-    """Run one Ray task per argument tuple, with a progress bar; results in argument order."""
-    from tqdm import tqdm
-
-    refs = [fn.remote(*a) for a in args]
-    index = {ref: i for i, ref in enumerate(refs)}
-    results: list = [None] * len(refs)
-    pending = list(refs)
-    with tqdm(total=len(refs), desc=desc, unit="part", leave=False) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                results[index[ref]] = ray.get(ref)
-                bar.update(1)
-    return results
-
-
 def _read_result(folder: Path) -> ray.data.Dataset:
     return ray.data.read_parquet(str(folder), file_extensions=["parquet"], partitioning=None)
 
@@ -159,7 +143,7 @@ def exact_dedup(ds: ray.data.Dataset, cfg: DedupConfig, work_dir: str,
     stats = ds.map_batches(_exact_map, fn_kwargs=dict(root=str(root), num_partitions=P),
                            batch_format="pyarrow").take_all()
     schema = _unified_schema(stats) if stats else _empty_schema(ds)
-    counts = _run(_exact_partition, [(str(root), p, schema) for p in range(P)], "exact dedup")
+    counts = run_tasks(_exact_partition, [(str(root), p, schema) for p in range(P)], "exact dedup")
     shutil.rmtree(root / "docs", ignore_errors=True)
     log.info("exact dedup: %d documents, %d duplicates removed (%d partitions)",
              sum(k + d for k, d in counts), sum(d for _, d in counts), P)
@@ -243,10 +227,10 @@ def _near_split(root: str, p: int, rnd: int, schema: pa.Schema) -> tuple[int, in
 
 def _propagate_labels(root: Path, P: int, max_iterations: int) -> int:
     """Min-label propagation until no label changes; returns the round whose labels are final."""
-    _run(_near_init_labels, [(str(root), q) for q in range(P)], "near dedup: labels")
+    run_tasks(_near_init_labels, [(str(root), q) for q in range(P)], "near dedup: labels")
     for rnd in range(max_iterations):
-        _run(_near_messages, [(str(root), p, rnd, P) for p in range(P)], f"near dedup: round {rnd + 1} send")
-        changed = sum(_run(_near_relabel, [(str(root), q, rnd) for q in range(P)],
+        run_tasks(_near_messages, [(str(root), p, rnd, P) for p in range(P)], f"near dedup: round {rnd + 1} send")
+        changed = sum(run_tasks(_near_relabel, [(str(root), q, rnd) for q in range(P)],
                            f"near dedup: round {rnd + 1} receive"))
         shutil.rmtree(root / f"messages-{rnd}", ignore_errors=True)
         shutil.rmtree(root / f"labels-{rnd}", ignore_errors=True)
@@ -270,10 +254,10 @@ def near_dedup(ds: ray.data.Dataset, cfg: DedupConfig, work_dir: str,
     stats = ds.map_batches(_near_map, fn_kwargs=dict(cfg=cfg, bands=bands, rows=rows, root=str(root), P=P),
                            batch_format="pyarrow").take_all()
     schema = _unified_schema(stats) if stats else _empty_schema(ds)
-    edges = sum(_run(_near_edges, [(str(root), p, P, cfg.num_perm, cfg.threshold) for p in range(P)],
+    edges = sum(run_tasks(_near_edges, [(str(root), p, P, cfg.num_perm, cfg.threshold) for p in range(P)],
                      "near dedup: band buckets"))
     final = _propagate_labels(root, P, cfg.max_iterations)
-    counts = _run(_near_split, [(str(root), p, final, schema) for p in range(P)], "near dedup: split")
+    counts = run_tasks(_near_split, [(str(root), p, final, schema) for p in range(P)], "near dedup: split")
     for step in ("docs", "bands", "edges", f"labels-{final}"):
         shutil.rmtree(root / step, ignore_errors=True)
     log.info("near dedup: %d bands x %d rows, %d candidate edges, %d documents, %d duplicates removed "

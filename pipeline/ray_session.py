@@ -1,4 +1,7 @@
-"""Start or join Ray for a job: the one place that decides which cluster a command uses."""
+"""Start or join Ray for a job: the one place that decides which cluster a command uses.
+
+Also `run_tasks`, the one loop that runs plain Ray tasks (not Ray Data) with a progress bar.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -137,3 +140,21 @@ def lost_resources(exc: BaseException) -> bool:
             return True
         todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
     return False
+
+
+def run_tasks(fn, args: list[tuple], desc: str, unit: str = "part") -> list:
+    """Run one Ray task per argument tuple, with a progress bar; results in argument order."""
+    import ray
+    from tqdm import tqdm
+
+    refs = [fn.remote(*a) for a in args]
+    index = {ref: i for i, ref in enumerate(refs)}
+    results: list = [None] * len(refs)
+    pending = list(refs)
+    with tqdm(total=len(refs), desc=desc, unit=unit, leave=False) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                results[index[ref]] = ray.get(ref)
+                bar.update(1)
+    return results
