@@ -7,6 +7,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import xxhash
 import zstandard
 
 from mixing.ratios import load_ratios
@@ -98,6 +99,14 @@ def test_read_jsonl_formats(tmp_path, name, compress):
     assert [r["text"] for r in rows] == ["hello", "print(1)", "no id here"]
     assert rows[1]["code_lang"] == "Python" and rows[1]["lang"] is None
     assert rows[2]["id"] and rows[2]["id"] == pa.concat_tables(read_file(str(path))).to_pylist()[2]["id"]
+
+
+def test_missing_and_empty_ids_become_content_hashes(tmp_path):
+    path = tmp_path / "ids.jsonl"
+    path.write_bytes(_jsonl([{"id": "keep", "text": "same"}, {"id": "", "text": "same"}, {"text": "same"}]))
+    ids = pa.concat_tables(read_file(str(path))).column("id").to_pylist()
+    assert ids[0] == "keep"
+    assert ids[1] == ids[2] == xxhash.xxh64_hexdigest(b"same")
 
 
 def test_read_jsonl_bad_lines_and_lone_surrogates(tmp_path):

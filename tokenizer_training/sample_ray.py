@@ -1,20 +1,23 @@
 """The Ray layer: count the corpus per bucket, then stream the chosen documents to the trainer.
 
-One Ray task per input file, so reading, decompression, JSON parsing and the keep/drop decision run on
-the cluster; only the sampled text travels to the driver, block by block, while the trainer consumes it
-(Ray Data's streaming executor applies backpressure, so the sample is never materialized whole).
+One Ray task per input file in both passes, so reading, decompression, JSON parsing and the keep/drop
+decision run on the cluster; only the sampled text travels to the driver, block by block, while the
+trainer consumes it (Ray Data's streaming executor applies backpressure, so the sample is never
+materialized whole).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import ray
 
+from pipeline.ray_session import run_tasks
 from tokenizer_training.sampling import SamplePlan, Tally, census, select
 from tokenizer_training.sources import read_file
 
@@ -36,17 +39,14 @@ def _file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _census_files(batch: dict[str, np.ndarray], languages: frozenset[str]) -> dict[str, list]:
-    out = {"path": [], "sha256": [], "tally": [], "bad_records": []}
-    for path in batch["path"]:
-        tally, counters = Tally(), {}
-        for table in read_file(str(path), counters=counters):
-            tally.merge(census(table, languages))
-        out["path"].append(str(path))
-        out["sha256"].append(_file_sha256(str(path)))
-        out["tally"].append(json.dumps(tally.to_dict()))
-        out["bad_records"].append(counters.get("bad_records", 0))
-    return out
+@ray.remote(num_cpus=1)
+def _census_file(path: str, languages: frozenset[str]) -> dict:
+    """One file's tally, bad-record count and sha256 (a dict: a few hundred bytes back to the driver)."""
+    tally, counters = Tally(), {}
+    for table in read_file(path, counters=counters):
+        tally.merge(census(table, languages))
+    return {"path": path, "sha256": _file_sha256(path), "tally": tally.to_dict(),
+            "bad_records": counters.get("bad_records", 0)}
 
 
 def _sample_files(batch: dict[str, np.ndarray], plan: SamplePlan, languages: frozenset[str]) -> Iterator[pa.Table]:
@@ -57,21 +57,24 @@ def _sample_files(batch: dict[str, np.ndarray], plan: SamplePlan, languages: fro
                 yield picked
 
 
-def _files_dataset(files: list[str]):
-    import ray
-
+def _files_dataset(files: list[str]) -> ray.data.Dataset:
     return ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
 
 
 def run_census(files: list[str], languages: frozenset[str]) -> Census:
-    """Bytes and documents per bucket over all input files, one Ray task per file."""
-    rows = (_files_dataset(files)
-            .map_batches(_census_files, batch_size=1, batch_format="numpy", fn_kwargs={"languages": languages})
-            .take_all())
+    """Bytes and documents per bucket over all input files, one plain Ray task per file.
+
+    Plain tasks, not Ray Data: a census returns a few numbers per file, and Ray Data's planning and
+    executor start cost more than the work on a small corpus (3.2 s against 1.4 s on the 392 M-character
+    shared corpus, warm workers). Largest files go first so the last task to finish is a small one.
+    """
+    by_size = sorted(files, key=lambda f: (-os.path.getsize(f), f))
+    shared = ray.put(languages)
+    rows = run_tasks(_census_file, [(f, shared) for f in by_size], "tokenizer census", unit="file")
     rows.sort(key=lambda r: r["path"])
     buckets = Tally()
     for row in rows:
-        buckets.merge(Tally.from_dict(json.loads(row["tally"])))
+        buckets.merge(Tally.from_dict(row["tally"]))
     root = os.path.dirname(os.path.commonprefix([r["path"] for r in rows]))
     digest = hashlib.sha256()
     for row in rows:  # paths relative to the inputs' common folder, so a moved corpus hashes the same
@@ -86,10 +89,9 @@ def stream_sample(files: list[str], plan: SamplePlan, languages: frozenset[str],
     ds = _files_dataset(files).map_batches(
         _sample_files, batch_size=1, batch_format="numpy", fn_kwargs={"plan": plan, "languages": languages})
     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        texts = block.column("text").to_pylist()
-        lengths = [len(t.encode("utf-8")) for t in texts]
-        for bucket, category, n in zip(block.column("bucket").to_pylist(), block.column("category").to_pylist(),
-                                       lengths):
-            by_bucket.add(bucket, n)
-            by_category.add(category or "(none)", n)
-        yield texts
+        sizes = block.append_column("bytes", pc.binary_length(block.column("text")))
+        for key, tally in (("bucket", by_bucket), ("category", by_category)):
+            rows = sizes.group_by(key).aggregate([("bytes", "sum"), ("bytes", "count")]).to_pylist()
+            for row in rows:
+                tally.add(row[key] or "(none)", row["bytes_sum"], row["bytes_count"])
+        yield block.column("text").to_pylist()

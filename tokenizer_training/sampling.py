@@ -34,19 +34,11 @@ def target_shares(ratios: RatioTables, temperature: float) -> dict[str, float]:
     return shares
 
 
-def buckets_of(table: pa.Table, languages: frozenset[str]) -> list[str | None]:
-    """Each row's bucket; None for text outside the table's languages (skipped and reported)."""
-    out = []
-    for category, lang in zip(table.column("category").to_pylist(), table.column("lang").to_pylist()):
-        if category == CODE:
-            out.append(CODE)
-        else:
-            out.append(lang if lang in languages else None)
-    return out
-
-
-def utf8_lengths(table: pa.Table) -> list[int]:
-    return pc.binary_length(table.column("text")).to_pylist()
+def buckets_of(table: pa.Table, languages: frozenset[str]) -> pa.ChunkedArray:
+    """Each row's bucket; null for text outside the table's languages (skipped and reported)."""
+    lang = table.column("lang")
+    known = pc.if_else(pc.is_in(lang, value_set=pa.array(sorted(languages), pa.string())), lang, None)
+    return pc.if_else(pc.fill_null(pc.equal(table.column("category"), CODE), False), CODE, known)
 
 
 @dataclass
@@ -80,9 +72,11 @@ SKIPPED = "(skipped)"
 
 def census(table: pa.Table, languages: frozenset[str]) -> Tally:
     """Bytes and documents per bucket in one batch; text outside the buckets counts under SKIPPED."""
+    per_row = pa.table({"bucket": pc.fill_null(buckets_of(table, languages), SKIPPED),
+                        "bytes": pc.binary_length(table.column("text"))})
     tally = Tally()
-    for bucket, nbytes in zip(buckets_of(table, languages), utf8_lengths(table)):
-        tally.add(bucket if bucket is not None else SKIPPED, nbytes)
+    for row in per_row.group_by("bucket").aggregate([("bytes", "sum"), ("bytes", "count")]).to_pylist():
+        tally.add(row["bucket"], row["bytes_sum"], row["bytes_count"])
     return tally
 
 
@@ -142,15 +136,16 @@ def keep_score(seed: int, doc_id: str) -> float:
 
 def select(table: pa.Table, plan: SamplePlan, languages: frozenset[str]) -> pa.Table:
     """The rows of one batch that belong to the sample, with their bucket (columns text, bucket, category)."""
-    keep, buckets = [], []
-    for i, (bucket, doc_id) in enumerate(zip(buckets_of(table, languages), table.column("id").to_pylist())):
-        rate = plan.rates.get(bucket, 0.0) if bucket is not None else 0.0
-        if rate >= 1.0 or (rate > 0.0 and keep_score(plan.seed, doc_id) < rate):
-            keep.append(i)
-            buckets.append(bucket)
-    picked = table.take(pa.array(keep, type=pa.int64()))
-    return pa.table({
-        "text": picked.column("text"),
-        "bucket": pa.array(buckets, type=pa.string()),
-        "category": picked.column("category"),
-    })
+    buckets = buckets_of(table, languages).combine_chunks()
+    names = sorted(plan.rates)
+    rates = pc.fill_null(pa.array([plan.rates[b] for b in names], pa.float64()).take(
+        pc.index_in(buckets, value_set=pa.array(names, pa.string()))), 0.0)
+    keep = pc.greater_equal(rates, 1.0)
+    drawn = pc.and_(pc.greater(rates, 0.0), pc.invert(keep))  # only these need the per-document hash
+    rows = pc.indices_nonzero(drawn)
+    if len(rows):
+        scores = [keep_score(plan.seed, doc_id) for doc_id in table.column("id").take(rows).to_pylist()]
+        won = pc.less(pa.array(scores, pa.float64()), rates.take(rows))
+        keep = pc.replace_with_mask(keep, drawn, won)
+    picked = pa.table({"text": table.column("text"), "bucket": buckets, "category": table.column("category")})
+    return picked.filter(keep)

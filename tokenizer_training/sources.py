@@ -16,6 +16,7 @@ from typing import Iterator
 from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 
 from pipeline.config import ConfigError, infer_format
@@ -150,22 +151,34 @@ def _read_jsonl(path: str, fmt: str, batch_rows: int, counters: dict) -> Iterato
 
 
 def _from_columns(path: str, batch: pa.RecordBatch, counters: dict) -> Iterator[pa.Table]:
-    """Arrow columns -> the COLUMNS schema: hive values fill absent columns, rows without text are dropped."""
+    """Arrow columns -> the COLUMNS schema: hive values fill absent columns, rows without text are dropped.
+
+    Column-wise in Arrow: the text never becomes Python strings here (the census needs only its length).
+    """
     hive = _hive_values(path)
     n = batch.num_rows
     cols = {}
     for name in COLUMNS:
-        values = batch.column(name).cast(pa.string()).to_pylist() if name in batch.schema.names else [None] * n
-        cols[name] = [hive.get(name) if v is None else v for v in values] if name in hive else values
-    keep = [i for i, t in enumerate(cols["text"]) if t is not None]
-    counters["bad_records"] = counters.get("bad_records", 0) + n - len(keep)
-    if keep:
-        texts = [cols["text"][i] for i in keep]
-        yield _table({
-            "id": [_doc_id(cols["id"][i], t) for i, t in zip(keep, texts)],
-            "text": texts,
-            **{c: [cols[c][i] for i in keep] for c in ("category", "lang", "code_lang")},
-        })
+        if name in batch.schema.names:
+            values = batch.column(name).cast(pa.string())
+        else:
+            values = pa.nulls(n, pa.string())
+        cols[name] = pc.fill_null(values, hive[name]) if name in hive else values
+    has_text = pc.is_valid(cols["text"])
+    table = pa.table(cols, schema=SCHEMA).filter(has_text)
+    counters["bad_records"] = counters.get("bad_records", 0) + n - table.num_rows
+    if table.num_rows:
+        yield table.set_column(0, "id", _fill_ids(table.column("id"), table.column("text")))
+
+
+def _fill_ids(ids: pa.ChunkedArray, texts: pa.ChunkedArray) -> pa.Array:
+    """Missing or empty ids become the content hash of `_doc_id`; only those rows go through Python."""
+    missing = pc.fill_null(pc.equal(ids, ""), True)
+    if not pc.any(missing).as_py():
+        return ids
+    rows = pc.indices_nonzero(missing).to_pylist()
+    hashes = [_doc_id(None, t) for t in texts.take(rows).to_pylist()]
+    return pc.replace_with_mask(ids.combine_chunks(), missing.combine_chunks(), pa.array(hashes, pa.string()))
 
 
 def _read_parquet(path: str, batch_rows: int, counters: dict) -> Iterator[pa.Table]:
