@@ -227,7 +227,8 @@ def main() -> None:
     ours_dir, anchor_dir = args.work / "ours", args.work / "anchor"
     results["anchor"] = anchor(samples["balanced"], anchor_dir, args.vocab, "byte-level")
     results["ours"] = run_measured(ours_cmd(ours_dir, sample_bytes, args.vocab, args.corpus), args.work / "ours.log")
-    report = json.loads((ours_dir / "training_report.json").read_text())
+    report = {**json.loads((ours_dir / "training_report.json").read_text()),
+              **json.loads((ours_dir / "training_run.json").read_text())}  # times and peak memory
     results["ours"]["report"] = {k: report[k] for k in ("time_s", "peak_rss_bytes", "vocab_size")}
     same = (ours_dir / "tokenizer.json").read_bytes() == (anchor_dir / "tokenizer.json").read_bytes()
     a, o = results["anchor"], results["ours"]
@@ -249,7 +250,7 @@ def main() -> None:
     for mb in [float(x) for x in args.curve_mb.split(",") if x]:
         n = int(mb * 1e6)
         m = run_measured(ours_cmd(args.work / f"ours-{n}", n, args.vocab, args.corpus), args.work / f"ours-{n}.log")
-        m["driver_peak"] = json.loads((args.work / f"ours-{n}" / "training_report.json").read_text())["peak_rss_bytes"]
+        m["driver_peak"] = json.loads((args.work / f"ours-{n}" / "training_run.json").read_text())["peak_rss_bytes"]
         curve.append((n, m))
     results["ours"]["driver_peak"] = report["peak_rss_bytes"]
     print("\n## Peak RSS against sample size (ours, vocab fixed)\n")

@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import time
 
 import pytest
 from test_tokenizer_train import synthetic_texts
@@ -12,6 +13,9 @@ from test_tokenizer_train import synthetic_texts
 from pipeline.config import Config, ConfigError, TokenizerConfig
 from tokenizer_training import cli
 from tokenizer_training.job import train_tokenizer, train_tokenizer_from_config
+from tokenizer_training.sample_ray import stream_sample
+from tokenizer_training.sampling import Tally, plan_sample
+from tokenizer_training.sources import read_file
 
 VOCAB = 700
 # Plenty of en/zh/ru, a little hi, no Arabic at all, some code, and a language outside the table.
@@ -158,3 +162,26 @@ def test_cli_rejects_bad_values(tmp_path):
     args = _parse(["tokenizer-eval", str(tmp_path), "--input", str(tmp_path)])
     with pytest.raises(ConfigError, match="no tokenizer.json"):
         args.func(args)
+
+
+def test_sample_streams_in_file_order_and_frees_the_cluster_when_stopped(ray_local, tmp_path):
+    """Blocks arrive file by file in input order; a trainer that stops early leaves no task holding a CPU."""
+    files = []
+    for k in range(3):  # each file yields many read batches, so its task must wait on backpressure
+        path = tmp_path / f"part-{k}.jsonl"
+        _write(path, [{"id": f"{k}-{i}", "text": f"file {k} line {i} " * 20, "lang": "en", "category": "web"}
+                      for i in range(20_000)])
+        files.append(str(path))
+    plan = plan_sample({"en": 1.0}, {"en": 1}, sample_bytes=10**9, seed=1)  # rate 1: every document
+    expected = [t for f in files for table in read_file(f) for t in table.column("text").to_pylist()]
+    streamed = [t for texts in stream_sample(files, plan, frozenset({"en"}), Tally(), Tally()) for t in texts]
+    assert streamed == expected
+
+    cpus = ray_local.cluster_resources()["CPU"]
+    stream = stream_sample(files, plan, frozenset({"en"}), Tally(), Tally())
+    next(stream)
+    stream.close()
+    deadline = time.monotonic() + 30
+    while ray_local.available_resources().get("CPU", 0) < cpus and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray_local.available_resources().get("CPU", 0) == cpus

@@ -2,7 +2,7 @@
 
 One Ray task per input file in both passes, so reading, decompression, JSON parsing and the keep/drop
 decision run on the cluster; only the sampled text travels to the driver, block by block, while the
-trainer consumes it (Ray Data's streaming executor applies backpressure, so the sample is never
+trainer consumes it (each task may run only a few blocks ahead of the trainer, so the sample is never
 materialized whole).
 """
 from __future__ import annotations
@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
@@ -49,16 +48,18 @@ def _census_file(path: str, languages: frozenset[str]) -> dict:
             "bad_records": counters.get("bad_records", 0)}
 
 
-def _sample_files(batch: dict[str, np.ndarray], plan: SamplePlan, languages: frozenset[str]) -> Iterator[pa.Table]:
-    for path in batch["path"]:
-        for table in read_file(str(path)):
-            picked = select(table, plan, languages)
-            if picked.num_rows:
-                yield picked
+# Blocks a file's sampling task may run ahead of the trainer (the streaming-output limit Ray Data uses):
+# in flight at most (running tasks, one per CPU) x this many blocks, each the sampled part of one read
+# batch (4 MiB of JSON, or 2,048 Parquet rows).
+_READ_AHEAD_BLOCKS = 4
 
 
-def _files_dataset(files: list[str]) -> ray.data.Dataset:
-    return ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
+@ray.remote(num_cpus=1, _generator_backpressure_num_objects=_READ_AHEAD_BLOCKS)
+def _sample_file(path: str, plan: SamplePlan, languages: frozenset[str]) -> Iterator[pa.Table]:
+    for table in read_file(path):
+        picked = select(table, plan, languages)
+        if picked.num_rows:
+            yield picked
 
 
 def run_census(files: list[str], languages: frozenset[str]) -> Census:
@@ -83,12 +84,28 @@ def run_census(files: list[str], languages: frozenset[str]) -> Census:
                   input_hash=digest.hexdigest())
 
 
+def _sampled_blocks(files: list[str], plan: SamplePlan, languages: frozenset[str]) -> Iterator[pa.Table]:
+    """The sampled blocks in file order; later files' tasks start while earlier ones are consumed.
+
+    Plain streaming-generator tasks, not Ray Data: the trainer pulls these on the driver's cores, and
+    Ray Data's executor loop there slowed it (50 MB sample: 22.9 s against 18.5 s).
+    """
+    ahead = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    plan_ref, languages_ref = ray.put(plan), ray.put(languages)
+    queued = list(reversed(files))
+    running: list = []
+    while queued or running:  # a consumer that stops early drops `running`, and Ray frees those tasks
+        while queued and len(running) < ahead:
+            running.append(_sample_file.remote(queued.pop(), plan_ref, languages_ref))
+        for ref in running[0]:
+            yield ray.get(ref)
+        running.pop(0)
+
+
 def stream_sample(files: list[str], plan: SamplePlan, languages: frozenset[str],
                   by_bucket: Tally, by_category: Tally) -> Iterator[list[str]]:
     """Yield the sample as lists of texts, tallying it per bucket and per category as it passes."""
-    ds = _files_dataset(files).map_batches(
-        _sample_files, batch_size=1, batch_format="numpy", fn_kwargs={"plan": plan, "languages": languages})
-    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for block in _sampled_blocks(files, plan, languages):
         sizes = block.append_column("bytes", pc.binary_length(block.column("text")))
         for key, tally in (("bucket", by_bucket), ("category", by_category)):
             rows = sizes.group_by(key).aggregate([("bytes", "sum"), ("bytes", "count")]).to_pylist()
