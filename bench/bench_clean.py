@@ -26,7 +26,8 @@ class PeakRSS(threading.Thread):
     Per pid: `peaks` (RSS), `private` (RSS less shared pages: what the process allocated itself, without
     the object-store and library pages it maps, which RSS counts in every process that touches them),
     `names` (the latest name; a Ray worker's names the task or actor it runs), `by_name` (the peak RSS
-    under each name the process had: which task grew a worker) and `parents` (to place a worker under
+    under each name the process had: which task grew a worker), `private_by_name` (the same for private
+    memory: whether a task grew the worker's own memory or only the shared pages it maps) and `parents` (to place a worker under
     its raylet, i.e. on its node). `grew_by` holds, per pid and name, the most RSS rose above its level
     when the process took that name: Ray reuses workers, so a peak under a name may be memory an
     earlier task left behind, while the rise is what the task itself added.
@@ -39,7 +40,7 @@ class PeakRSS(threading.Thread):
         super().__init__(daemon=True)
         self.interval, self.stop = interval, threading.Event()
         self.peaks, self.private, self.names, self.by_name, self.parents = {}, {}, {}, {}, {}
-        self.grew_by, self._entered = {}, {}
+        self.grew_by, self._entered, self.private_by_name = {}, {}, {}
         self.tree = self.tree_pss = 0
 
     def run(self):
@@ -64,6 +65,8 @@ class PeakRSS(threading.Thread):
                 self.names[p.pid], self.parents[p.pid] = name, ppid
                 named = self.by_name.setdefault(p.pid, {})
                 named[name] = max(named.get(name, 0), mem.rss)
+                own = self.private_by_name.setdefault(p.pid, {})
+                own[name] = max(own.get(name, 0), mem.rss - mem.shared)
             self.tree, self.tree_pss = max(self.tree, total), max(self.tree_pss, total_pss)
             time.sleep(self.interval)
 

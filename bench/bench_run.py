@@ -192,24 +192,27 @@ def memory_by_role(sampler: PeakRSS) -> dict[str, dict]:
                         "grew_in": max(named, key=named.get) if named else sampler.names[pid]}
         for name, peak in named.items():
             if any(m in name for m in LANGID_NAMES) and peak > out.get(LANGID + node, {}).get("rss", -1):
-                out[LANGID + node] = {"rss": peak, "private": None, "grew_in": name}
+                out[LANGID + node] = {"rss": peak, "private": sampler.private_by_name[pid][name],
+                                      "grew_in": name}
     out[ALL_RSS + " @ all"] = {"rss": sampler.tree, "private": None, "grew_in": None}
     out[ALL_PSS + " @ all"] = {"rss": sampler.tree_pss, "private": None, "grew_in": None}
     return out
 
 
 def peaks_by_task(sampler: PeakRSS) -> dict[str, dict[str, int]]:
-    """{task or actor name: {"peak": the largest RSS a Ray worker had under it, "rise": the most a
-    worker's RSS rose while it had it}}: which work grows a worker. Ray reuses workers, so a peak
-    includes what the worker kept from earlier tasks; the rise is the task's own."""
+    """{task or actor name: {"peak": the largest RSS a Ray worker had under it, "private": the largest
+    private memory (RSS less shared pages), "rise": the most a worker's RSS rose while it had it}}:
+    which work grows a worker. Ray reuses workers, so a peak includes what the worker kept from earlier
+    tasks; the rise is the task's own."""
     out: dict[str, dict[str, int]] = {}
     for pid, named in sampler.by_name.items():
         if role_of(pid, sampler) != "largest Ray worker":
             continue
         for name, peak in named.items():
             if name.startswith("ray::") and name not in RAY_SYSTEM_ACTORS | {"ray::IDLE"}:
-                slot = out.setdefault(name, {"peak": 0, "rise": 0})
+                slot = out.setdefault(name, {"peak": 0, "private": 0, "rise": 0})
                 slot["peak"] = max(slot["peak"], peak)
+                slot["private"] = max(slot["private"], sampler.private_by_name[pid][name])
                 slot["rise"] = max(slot["rise"], sampler.grew_by.get(pid, {}).get(name, 0))
     return out
 
@@ -252,7 +255,7 @@ def run_once(shards: Path, input_bytes: int, nodes: int, args, work: Path) -> di
     stats = read_json(output / "stats.json")
     tok = read_json(output / "tokenizer" / "training_report.json")
     timings = read_json(output / "timings.json")
-    driver_steps = timings.pop("driver_peak_rss_bytes", {})  # high-water mark after each step
+    driver_steps = timings.pop("driver_peak_rss_bytes", {})  # the driver's own peak in each step
     result = {
         "shards": str(shards), "nodes": nodes, "input_bytes": input_bytes, "wall_s": wall, "ray_start_s": ray_up,
         "chars_read": stats.get("stages", {}).get("read", {}).get("in", {}).get("chars"),
@@ -260,7 +263,7 @@ def run_once(shards: Path, input_bytes: int, nodes: int, args, work: Path) -> di
         "tokenizer_sample_bytes": tok.get("sample", {}).get("bytes"),
         "tokens_written": summary.get("mix", {}).get("tokens"),
         "timings": flat(timings),
-        "driver_after_step": driver_steps,
+        "driver_in_step": driver_steps,
         "memory": memory_by_role(sampler),
         "worker_by_task": peaks_by_task(sampler),
     }
@@ -299,8 +302,8 @@ def rows(runs: list[dict], with_node: bool) -> list[tuple[str, list]]:
     for key in sorted({k for r in runs for k in r["timings"]}):
         out.append((f"time in {key} (s)", [r["timings"].get(key) for r in runs]))
     for step in ("clean", "tokenizer", "mix"):
-        out.append((f"driver peak RSS after {step} (MiB)",
-                    [_per(r.get("driver_after_step", {}).get(step), MIB) for r in runs]))
+        out.append((f"driver peak RSS in {step} (MiB)",
+                    [_per(r.get("driver_in_step", {}).get(step), MIB) for r in runs]))
     out += [("documents kept", [r["docs_kept"] for r in runs]),
             ("tokenizer sample (MB)", [_per(r["tokenizer_sample_bytes"], MB) for r in runs]),
             ("tokens written (M)", [_per(r["tokens_written"], MB) for r in runs])]
@@ -328,18 +331,20 @@ def table(title: str, heads: list[str], runs: list[dict], with_node: bool) -> st
 
 
 def task_table(heads: list[str], runs: list[dict], top: int = 12) -> str:
-    """The `top` task names by the most a worker's RSS rose while running them, in any run: peak RSS
-    and rise per run, and the ratios."""
+    """The `top` task names by the most a worker's RSS rose while running them, in any run: peak RSS,
+    peak private memory and rise per run, and the ratios."""
     def cell(run, name, key):
         return run["worker_by_task"].get(name, {}).get(key)
 
     names = sorted({n for r in runs for n in r["worker_by_task"]},
                    key=lambda n: -max(cell(r, n, "rise") or 0 for r in runs))[:top]
-    out = [f"| Ray worker while running (MiB) | peak {' | peak '.join(heads)} | ratio "
-           f"| rise {' | rise '.join(heads)} | ratio |", "|---|" + "---:|" * (2 * len(heads) + 2)]
+    keys = ("peak", "private", "rise")
+    out = ["| Ray worker while running (MiB) | " + " | ".join(
+               f"{key} {f' | {key} '.join(heads)} | ratio" for key in keys) + " |",
+           "|---|" + "---:|" * (len(keys) * (len(heads) + 1))]
     for name in names:
         cells = []
-        for key in ("peak", "rise"):
+        for key in keys:
             a, b = (cell(r, name, key) for r in runs)
             cells += [_num(_per(a, MIB), "{:,.0f}"), _num(_per(b, MIB), "{:,.0f}"), _ratio(a, b)]
         out.append(f"| `{name[5:][:90]}` | {' | '.join(cells)} |")

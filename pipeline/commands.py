@@ -5,7 +5,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import time
 from importlib import resources
 from pathlib import Path
@@ -57,6 +56,7 @@ def run_job(cfg: Config, steps=STEPS, overwrite: bool = False) -> dict:
     """
     from pipeline.job_state import JobState, update_timings
     from pipeline.ray_session import ray_session
+    from tokenizer_training.memory import PeakRSS
 
     out = Path(cfg.output)
     steps = tuple(s for s in STEPS if s in steps and (s == "clean" or getattr(cfg, _SECTION[s]).enabled))
@@ -78,11 +78,11 @@ def run_job(cfg: Config, steps=STEPS, overwrite: bool = False) -> dict:
         for step in todo:
             state.start(step)
             started = time.perf_counter()
-            summary[step] = _run_step(cfg, step, state.fingerprint(step))
+            with PeakRSS() as driver:  # the driver's own peak in this step: which step, if any, grows it
+                summary[step] = _run_step(cfg, step, state.fingerprint(step))
             if step != "clean":  # the clean job records its own stages
                 update_timings(out, step, round(time.perf_counter() - started, 3))
-            # the driver's high-water mark after each step: which step, if any, grows the driver
-            driver_peaks[step] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            driver_peaks[step] = driver.peak
             update_timings(out, "driver_peak_rss_bytes", driver_peaks)
             state.finish(step, summary[step])
     return summary

@@ -9,6 +9,7 @@ quarantine, duplicates, stats, tokenizer, shards, manifest, report):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -89,6 +90,13 @@ def reference(tmp_path_factory):
     digests = _digests(tmp / "out")
     assert any(name.startswith("shards/shard-") for name in digests) and "stats.json" in digests
     return config, tmp / "out", digests
+
+
+def test_timings_hold_the_driver_peak_of_each_step(reference):
+    _, out, _ = reference
+    peaks = json.loads((out / "timings.json").read_text())["driver_peak_rss_bytes"]
+    assert set(peaks) == {"clean", "tokenizer", "mix"}
+    assert all(isinstance(v, int) and 50 * 2**20 < v < 16 * 2**30 for v in peaks.values())
 
 
 @pytest.mark.parametrize("workers, reverse", [(1, False), (4, True)], ids=["1-worker", "4-workers-reversed-inputs"])
