@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class PeakRSS(threading.Thread):
-    """Samples RSS of this process and all its descendants (Ray's raylet, workers, actors).
+    """Samples RSS of the driver (this process, or `root`) and all its descendants (Ray's raylet, workers,
+    actors).
 
     Per pid: `peaks` (RSS), `private` (RSS less shared pages: what the process allocated itself, without
     the object-store and library pages it maps, which RSS counts in every process that touches them),
@@ -36,18 +37,23 @@ class PeakRSS(threading.Thread):
     A `ray.cluster_utils.Cluster` started in this process is sampled too: its nodes are children of it.
     """
 
-    def __init__(self, interval: float = 0.5):
+    def __init__(self, interval: float = 0.5, root: int | None = None):
         super().__init__(daemon=True)
         self.interval, self.stop = interval, threading.Event()
+        self.root = root or os.getpid()  # the driver: this process, or the one running the job
         self.peaks, self.private, self.names, self.by_name, self.parents = {}, {}, {}, {}, {}
         self.grew_by, self._entered, self.private_by_name = {}, {}, {}
         self.tree = self.tree_pss = 0
 
     def run(self):
-        me = psutil.Process()
+        me = psutil.Process(self.root)
         while not self.stop.is_set():
             total = total_pss = 0
-            for p in [me] + me.children(recursive=True):
+            try:
+                tree = [me] + me.children(recursive=True)
+            except psutil.NoSuchProcess:  # the job's process has ended
+                return
+            for p in tree:
                 try:
                     with p.oneshot():
                         mem, ppid = p.memory_full_info(), p.ppid()

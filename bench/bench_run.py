@@ -14,8 +14,8 @@
           (and --scale's 1x every 10*round(1/F)-th).
 
 The job is `pipeline.commands.run_job` on configs/shared_corpus.yaml with the inputs, output, Ray and
-tokenizer size replaced, run in this process so that a sampler thread (bench_clean.PeakRSS) sees the
-driver and, as its descendants, every Ray process; each process gets a role (driver, GCS, raylet, Ray
+tokenizer size replaced, each run in a fresh process (the driver) that a sampler thread here
+(bench_clean.PeakRSS) watches with all its descendants, every Ray process; each process gets a role (driver, GCS, raylet, Ray
 system, Ray worker) and a node (the raylet it descends from), and language ID gets the largest RSS of a
 worker while it ran it. Input MB are decompressed JSONL bytes of the shards used (counted while the
 subsets are made). Stage times are read from <output>/timings.json (every key found). Prints markdown
@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import io
 import json
+import multiprocessing
 import shutil
 import tempfile
 import time
@@ -238,30 +238,46 @@ def read_json(path: Path) -> dict:
         return {}
 
 
-def run_once(shards: Path, input_bytes: int, nodes: int, args, work: Path) -> dict:
+def _job(shards: Path, output: Path, nodes: int, args, result: Path) -> None:
+    """In a fresh process: start Ray, run the job, write the wall time and the job summary to `result`."""
     from pipeline.commands import run_job
 
-    output = work / f"out-{shards.name}-{nodes}node"
-    shutil.rmtree(output, ignore_errors=True)
-    sampler = PeakRSS()
-    sampler.start()
     start = time.perf_counter()
     with ray_nodes(nodes, args.num_cpus, int(args.object_store_mb * MIB)) as ray_cfg:
         ray_up = time.perf_counter() - start
         summary = run_job(job_config(shards, output, args, ray_cfg))
-    wall = time.perf_counter() - start
+    result.write_text(json.dumps({"wall_s": time.perf_counter() - start, "ray_start_s": ray_up,
+                                  "summary": summary}, default=str))
+
+
+def run_once(shards: Path, input_bytes: int, nodes: int, args, work: Path) -> dict:
+    """One job in a process of its own (spawned, not forked): its driver starts with nothing another
+    run left behind, which a shared process cannot give (freed heap stays in its RSS)."""
+    output = work / f"out-{shards.name}-{nodes}node"
+    result = work / f"result-{shards.name}-{nodes}node.json"
+    shutil.rmtree(output, ignore_errors=True)
+    result.unlink(missing_ok=True)
+    job = multiprocessing.get_context("spawn").Process(target=_job, args=(shards, output, nodes, args, result))
+    job.start()
+    sampler = PeakRSS(root=job.pid)
+    sampler.start()
+    job.join()
     sampler.stop.set()
     sampler.join()
+    if job.exitcode != 0:
+        raise SystemExit(f"the job on {shards} ({nodes} node(s)) failed with exit code {job.exitcode}")
+    ran = json.loads(result.read_text())
     stats = read_json(output / "stats.json")
     tok = read_json(output / "tokenizer" / "training_report.json")
     timings = read_json(output / "timings.json")
     driver_steps = timings.pop("driver_peak_rss_bytes", {})  # the driver's own peak in each step
-    result = {
-        "shards": str(shards), "nodes": nodes, "input_bytes": input_bytes, "wall_s": wall, "ray_start_s": ray_up,
+    out = {
+        "shards": str(shards), "nodes": nodes, "input_bytes": input_bytes, "wall_s": ran["wall_s"],
+        "ray_start_s": ran["ray_start_s"],
         "chars_read": stats.get("stages", {}).get("read", {}).get("in", {}).get("chars"),
         "docs_kept": stats.get("accounting", {}).get("kept"),
         "tokenizer_sample_bytes": tok.get("sample", {}).get("bytes"),
-        "tokens_written": summary.get("mix", {}).get("tokens"),
+        "tokens_written": ran["summary"].get("mix", {}).get("tokens"),
         "timings": flat(timings),
         "driver_in_step": driver_steps,
         "memory": memory_by_role(sampler),
@@ -269,7 +285,7 @@ def run_once(shards: Path, input_bytes: int, nodes: int, args, work: Path) -> di
     }
     if not args.keep:
         shutil.rmtree(output, ignore_errors=True)
-    return result
+    return out
 
 
 # ----------------------------------------------------------------------------- tables
@@ -402,10 +418,6 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     inputs: dict[int, tuple[Path, int]] = {}
     done: dict[tuple[int, int], dict] = {}
-    # What run_job imports lazily, imported now, so that the first run does not pay the driver's imports alone.
-    for module in ("ray.data", "tokenizer_training.job", "mixing.job"):
-        importlib.import_module(module)
-
     def run(step: int, nodes: int) -> dict:
         if step not in inputs:
             inputs[step] = subset(args.docs, step, work, int(args.shard_mb * MB))

@@ -56,7 +56,7 @@ def run_job(cfg: Config, steps=STEPS, overwrite: bool = False) -> dict:
     """
     from pipeline.job_state import JobState, update_timings
     from pipeline.ray_session import ray_session
-    from tokenizer_training.memory import PeakRSS
+    from tokenizer_training.memory import PeakRSS, release_heap
 
     out = Path(cfg.output)
     steps = tuple(s for s in STEPS if s in steps and (s == "clean" or getattr(cfg, _SECTION[s]).enabled))
@@ -80,6 +80,7 @@ def run_job(cfg: Config, steps=STEPS, overwrite: bool = False) -> dict:
             started = time.perf_counter()
             with PeakRSS() as driver:  # the driver's own peak in this step: which step, if any, grows it
                 summary[step] = _run_step(cfg, step, state.fingerprint(step))
+            release_heap()  # what the step freed (the BPE trainer's words) goes back to the OS, not to later steps
             if step != "clean":  # the clean job records its own stages
                 update_timings(out, step, round(time.perf_counter() - started, 3))
             driver_peaks[step] = driver.peak

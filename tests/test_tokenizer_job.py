@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import logging
+import sys
 import time
 
 import pytest
@@ -13,6 +16,7 @@ from test_tokenizer_train import synthetic_texts
 from pipeline.config import Config, ConfigError, TokenizerConfig
 from tokenizer_training import cli
 from tokenizer_training.job import train_tokenizer, train_tokenizer_from_config
+from tokenizer_training.memory import current_rss, release_heap
 from tokenizer_training.sample_ray import stream_sample
 from tokenizer_training.sampling import Tally, plan_sample
 from tokenizer_training.sources import read_file
@@ -185,3 +189,21 @@ def test_sample_streams_in_file_order_and_frees_the_cluster_when_stopped(ray_loc
     while ray_local.available_resources().get("CPU", 0) < cpus and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ray_local.available_resources().get("CPU", 0) == cpus
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_release_heap_hands_freed_memory_back():
+    """Memory freed in the middle of the heap stays in RSS until release_heap (the driver after training)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    blocks = [libc.malloc(4096) for _ in range(50_000)]  # ~200 MB in small chunks of the main heap
+    for block in blocks:
+        ctypes.memset(block, 1, 4096)
+    for i, block in enumerate(blocks):
+        if i % 100 and i != len(blocks) - 1:  # keep every 100th and the last: the heap cannot shrink
+            libc.free(block)
+    held = current_rss()
+    release_heap()
+    assert held - current_rss() > 100 * 2**20
+    for block in blocks[::100] + [blocks[-1]]:
+        libc.free(block)
