@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
 from pipeline.ray_session import run_tasks
@@ -106,9 +105,6 @@ def stream_sample(files: list[str], plan: SamplePlan, languages: frozenset[str],
                   by_bucket: Tally, by_category: Tally) -> Iterator[list[str]]:
     """Yield the sample as lists of texts, tallying it per bucket and per category as it passes."""
     for block in _sampled_blocks(files, plan, languages):
-        sizes = block.append_column("bytes", pc.binary_length(block.column("text")))
-        for key, tally in (("bucket", by_bucket), ("category", by_category)):
-            rows = sizes.group_by(key).aggregate([("bytes", "sum"), ("bytes", "count")]).to_pylist()
-            for row in rows:
-                tally.add(row[key] or "(none)", row["bytes_sum"], row["bytes_count"])
+        by_bucket.add_texts(block.column("bucket"), block.column("text"), missing="(none)")
+        by_category.add_texts(block.column("category"), block.column("text"), missing="(none)")
         yield block.column("text").to_pylist()

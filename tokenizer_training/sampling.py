@@ -52,6 +52,14 @@ class Tally:
         self.docs[key] += ndocs
         self.bytes[key] += nbytes
 
+    def add_texts(self, keys: pa.ChunkedArray, texts: pa.ChunkedArray, missing: str) -> None:
+        """Each text's UTF-8 bytes under its key (a null key under `missing`), summed in Arrow."""
+        sizes = pa.table({"key": pc.fill_null(keys, missing), "bytes": pc.binary_length(texts)})
+        # use_threads=False: Arrow's threaded group-by can fail inside CPU-limited Ray workers.
+        for row in sizes.group_by("key", use_threads=False).aggregate([("bytes", "sum"), ("bytes", "count")]) \
+                .to_pylist():
+            self.add(row["key"], row["bytes_sum"], row["bytes_count"])
+
     def merge(self, other: "Tally") -> None:
         for key in other.docs:
             self.add(key, other.bytes[key], other.docs[key])
@@ -72,11 +80,8 @@ SKIPPED = "(skipped)"
 
 def census(table: pa.Table, languages: frozenset[str]) -> Tally:
     """Bytes and documents per bucket in one batch; text outside the buckets counts under SKIPPED."""
-    per_row = pa.table({"bucket": pc.fill_null(buckets_of(table, languages), SKIPPED),
-                        "bytes": pc.binary_length(table.column("text"))})
     tally = Tally()
-    for row in per_row.group_by("bucket").aggregate([("bytes", "sum"), ("bytes", "count")]).to_pylist():
-        tally.add(row["bucket"], row["bytes_sum"], row["bytes_count"])
+    tally.add_texts(buckets_of(table, languages), table.column("text"), missing=SKIPPED)
     return tally
 
 
