@@ -80,7 +80,7 @@ def run_job(cfg: Config, steps=STEPS, overwrite: bool = False) -> dict:
             started = time.perf_counter()
             with PeakRSS() as driver:  # the driver's own peak in this step: which step, if any, grows it
                 summary[step] = _run_step(cfg, step, state.fingerprint(step))
-            release_heap()  # what the step freed (the BPE trainer's words) goes back to the OS, not to later steps
+            release_heap()  # what the step freed (the BPE trainer's words) goes back to the OS
             if step != "clean":  # the clean job records its own stages
                 update_timings(out, step, round(time.perf_counter() - started, 3))
             driver_peaks[step] = driver.peak

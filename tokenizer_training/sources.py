@@ -168,7 +168,7 @@ def _from_columns(path: str, batch: pa.RecordBatch, counters: dict) -> Iterator[
     table = pa.table(cols, schema=SCHEMA).filter(has_text)
     counters["bad_records"] = counters.get("bad_records", 0) + n - table.num_rows
     if table.num_rows:
-        yield table.set_column(0, "id", _fill_ids(table.column("id"), table.column("text")))
+        yield table.set_column(COLUMNS.index("id"), "id", _fill_ids(table.column("id"), table.column("text")))
 
 
 def _fill_ids(ids: pa.ChunkedArray, texts: pa.ChunkedArray) -> pa.Array:
