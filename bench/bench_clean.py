@@ -21,15 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class PeakRSS(threading.Thread):
-    """Samples RSS of the driver (this process, or `root`) and all its descendants (Ray's raylet, workers,
-    actors).
+    """Samples RSS of the driver (this process, or `root`) and all its descendants (Ray's raylet,
+    workers, actors).
 
     Per pid: `peaks` (RSS), `private` (RSS less shared pages: what the process allocated itself, without
     the object-store and library pages it maps, which RSS counts in every process that touches them),
     `names` (the latest name; a Ray worker's names the task or actor it runs), `by_name` (the peak RSS
     under each name the process had: which task grew a worker), `private_by_name` (the same for private
-    memory: whether a task grew the worker's own memory or only the shared pages it maps) and `parents` (to place a worker under
-    its raylet, i.e. on its node). `grew_by` holds, per pid and name, the most RSS rose above its level
+    memory: whether a task grew the worker's own memory or only the shared pages it maps) and `parents`
+    (to place a worker under its raylet, i.e. on its node). `grew_by` holds, per pid and name, the most RSS rose above its level
     when the process took that name: Ray reuses workers, so a peak under a name may be memory an
     earlier task left behind, while the rise is what the task itself added.
     `tree` is the largest sum of RSS over all processes at one sample; `tree_pss` the largest sum of PSS,
@@ -63,7 +63,8 @@ class PeakRSS(threading.Thread):
                 total += mem.rss
                 total_pss += mem.pss
                 self.peaks[p.pid] = max(self.peaks.get(p.pid, 0), mem.rss)
-                self.private[p.pid] = max(self.private.get(p.pid, 0), mem.rss - mem.shared)
+                private = mem.rss - mem.shared
+                self.private[p.pid] = max(self.private.get(p.pid, 0), private)
                 if self.names.get(p.pid) != name:
                     self._entered[p.pid] = mem.rss
                 rise = self.grew_by.setdefault(p.pid, {})
@@ -72,7 +73,7 @@ class PeakRSS(threading.Thread):
                 named = self.by_name.setdefault(p.pid, {})
                 named[name] = max(named.get(name, 0), mem.rss)
                 own = self.private_by_name.setdefault(p.pid, {})
-                own[name] = max(own.get(name, 0), mem.rss - mem.shared)
+                own[name] = max(own.get(name, 0), private)
             self.tree, self.tree_pss = max(self.tree, total), max(self.tree_pss, total_pss)
             time.sleep(self.interval)
 

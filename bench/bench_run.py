@@ -15,10 +15,10 @@
 
 The job is `pipeline.commands.run_job` on configs/shared_corpus.yaml with the inputs, output, Ray and
 tokenizer size replaced, each run in a fresh process (the driver) that a sampler thread here
-(bench_clean.PeakRSS) watches with all its descendants, every Ray process; each process gets a role (driver, GCS, raylet, Ray
-system, Ray worker) and a node (the raylet it descends from), and language ID gets the largest RSS of a
-worker while it ran it. Input MB are decompressed JSONL bytes of the shards used (counted while the
-subsets are made). Stage times are read from <output>/timings.json (every key found). Prints markdown
+(bench_clean.PeakRSS) watches with all its descendants, every Ray process; each process gets a role
+(driver, GCS, raylet, Ray system, Ray worker) and a node (the raylet it descends from), and language
+ID gets the largest RSS of a worker while it ran it. Input MB are decompressed JSONL bytes of the
+shards used (counted while the subsets are made). Stage times are read from <output>/timings.json (every key found). Prints markdown
 tables; --json dumps the raw numbers.
 """
 from __future__ import annotations
@@ -418,6 +418,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     inputs: dict[int, tuple[Path, int]] = {}
     done: dict[tuple[int, int], dict] = {}
+
     def run(step: int, nodes: int) -> dict:
         if step not in inputs:
             inputs[step] = subset(args.docs, step, work, int(args.shard_mb * MB))

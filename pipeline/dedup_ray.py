@@ -229,9 +229,10 @@ def _propagate_labels(root: Path, P: int, max_iterations: int) -> int:
     """Min-label propagation until no label changes; returns the round whose labels are final."""
     run_tasks(_near_init_labels, [(str(root), q) for q in range(P)], "near dedup: labels")
     for rnd in range(max_iterations):
-        run_tasks(_near_messages, [(str(root), p, rnd, P) for p in range(P)], f"near dedup: round {rnd + 1} send")
+        run_tasks(_near_messages, [(str(root), p, rnd, P) for p in range(P)],
+                  f"near dedup: round {rnd + 1} send")
         changed = sum(run_tasks(_near_relabel, [(str(root), q, rnd) for q in range(P)],
-                           f"near dedup: round {rnd + 1} receive"))
+                                f"near dedup: round {rnd + 1} receive"))
         shutil.rmtree(root / f"messages-{rnd}", ignore_errors=True)
         shutil.rmtree(root / f"labels-{rnd}", ignore_errors=True)
         log.info("near dedup: round %d, %d labels changed", rnd + 1, changed)
@@ -255,7 +256,7 @@ def near_dedup(ds: ray.data.Dataset, cfg: DedupConfig, work_dir: str,
                            batch_format="pyarrow").take_all()
     schema = _unified_schema(stats) if stats else _empty_schema(ds)
     edges = sum(run_tasks(_near_edges, [(str(root), p, P, cfg.num_perm, cfg.threshold) for p in range(P)],
-                     "near dedup: band buckets"))
+                          "near dedup: band buckets"))
     final = _propagate_labels(root, P, cfg.max_iterations)
     counts = run_tasks(_near_split, [(str(root), p, final, schema) for p in range(P)], "near dedup: split")
     for step in ("docs", "bands", "edges", f"labels-{final}"):
