@@ -130,7 +130,9 @@ def _wrap(model: Transformer, cfg: TrainConfig, world: World) -> torch.nn.Module
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[world.local_rank] if on_gpu else None)
+        # The only buffers are the rotary tables, the same on every rank: nothing to broadcast each step.
+        return DistributedDataParallel(model, device_ids=[world.local_rank] if on_gpu else None,
+                                       broadcast_buffers=False)
     return model
 
 

@@ -190,3 +190,21 @@ def test_bf16_autocast_forward_keeps_attention_inputs_in_one_dtype(backend):
             half = model(batch.input_ids, batch.layout)
     assert half.dtype == torch.bfloat16
     assert float((half.float() - full).norm() / full.norm()) < 2e-2
+
+
+def test_rotary_table_is_the_formula_at_every_position_and_survives_to_empty():
+    """The per-position lookup must equal cos/sin of position x frequency, rebuilt after `to_empty`."""
+    model = tiny_model(max_seq_len=64)
+    cfg = model.cfg
+    positions = torch.tensor([0, 1, 7, 63])
+    inv_freq = cfg.rope_base ** (-torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim)
+    angles = positions.double()[:, None] * inv_freq
+    expected = torch.cat((angles, angles), dim=-1)
+    torch.testing.assert_close(model.rope_cos[positions].double(), expected.cos(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.rope_sin[positions].double(), expected.sin(), atol=1e-5, rtol=0)
+    assert "rope_cos" not in model.state_dict()  # a function of the config, never checkpointed
+
+    table = model.rope_cos.clone()
+    model.to_empty(device="cpu")
+    model.init_weights()
+    assert torch.equal(model.rope_cos, table)
