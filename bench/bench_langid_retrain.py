@@ -74,7 +74,7 @@ def combine(lid: np.ndarray, companion: np.ndarray, alpha: float) -> np.ndarray:
     return mixed / mixed.sum(axis=1, keepdims=True)
 
 
-def macro_and_classes(rules, probs, markers, truth) -> np.ndarray:
+def class_accuracy(rules, probs, markers, truth) -> np.ndarray:
     pred, _ = rules.decide(probs, markers)
     return per_class_accuracy(truth, pred, len(rules.classes))
 
@@ -122,7 +122,7 @@ def main() -> None:
         out = {}
         for name, (rules, companion) in contestants.items():
             probs = lp if companion is None else combine(lp, companion.probabilities(data_texts), args.alpha)
-            out[name] = macro_and_classes(rules, probs, mk, data_truth)
+            out[name] = class_accuracy(rules, probs, mk, data_truth)
         return out
 
     held = np.flatnonzero(holdout)
