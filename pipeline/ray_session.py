@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from typing import Iterator, Optional
 
 from pipeline.config import RayConfig
@@ -14,21 +15,51 @@ from pipeline.config import RayConfig
 log = logging.getLogger(__name__)
 
 
+class RaySession:
+    """What `ray_session` yields: lets a job hand its Ray back as soon as it needs no more tasks."""
+
+    def __init__(self, owned: bool):
+        self.owned = owned
+        self._closing: Optional[threading.Thread] = None
+
+    def release(self) -> None:
+        """Shut down the Ray this session started, in a background thread, while the driver works on.
+
+        For a job whose tail runs on the driver alone (BPE merges: 30 s at 150 MB): Ray's shutdown
+        (about 1.3 s) and its daemons' housekeeping then overlap that work instead of adding to it.
+        A Ray the session did not start is left alone; a second call does nothing.
+        """
+        if self.owned and self._closing is None:
+            import ray
+
+            self._closing = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+            self._closing.start()
+
+    def _close(self) -> None:
+        if self._closing is None:
+            import ray
+
+            ray.shutdown()
+        else:
+            self._closing.join()
+
+
 @contextlib.contextmanager
-def ray_session(cfg: Optional[RayConfig] = None) -> Iterator[None]:
+def ray_session(cfg: Optional[RayConfig] = None) -> Iterator[RaySession]:
     """Join `cfg.address` / $RAY_ADDRESS, else start a local Ray; reuse one already initialized.
 
-    Only a Ray started here is shut down on exit, so tests and notebooks keep their own cluster.
+    Only a Ray started here is shut down on exit (or earlier, by `RaySession.release`), so tests and
+    notebooks keep their own cluster.
     """
     import ray
 
     cfg = cfg or RayConfig()
     with _block_size(cfg.block_mb):
         if ray.is_initialized():
-            yield
+            yield RaySession(owned=False)
             return
-        with _own_ray(cfg):
-            yield
+        with _own_ray(cfg) as session:
+            yield session
 
 
 # Read by Ray Data's `read_parquet` on the driver: the most uncompressed bytes one read task packs.
@@ -84,7 +115,7 @@ RELEASE_MEMORY_ENV = {
 
 
 @contextlib.contextmanager
-def _own_ray(cfg: RayConfig) -> Iterator[None]:
+def _own_ray(cfg: RayConfig) -> Iterator[RaySession]:
     """Join the cluster `cfg` names, or start a local Ray; shut down on exit."""
     import ray
 
@@ -112,10 +143,11 @@ def _own_ray(cfg: RayConfig) -> Iterator[None]:
         # env, which made each worker start wait for Ray's runtime-env agent (the demo: 61 s -> 80 s).
         with _environ(worker_env):
             ray.init(address="local", **kwargs)  # "local": never silently join another Ray on this host
+    session = RaySession(owned=True)
     try:
-        yield
+        yield session
     finally:
-        ray.shutdown()
+        session._close()
 
 
 def lost_resources(exc: BaseException) -> bool:

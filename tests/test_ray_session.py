@@ -40,6 +40,39 @@ def test_block_mb_bounds_read_blocks_and_is_restored(ray_local, tmp_path):
     assert _PARQUET_READ_UNIT not in os.environ
 
 
+def test_release_leaves_a_borrowed_ray_running(ray_local):
+    with ray_session() as session:
+        session.release()
+        assert ray_local.get(ray_local.put(1)) == 1
+    assert ray_local.is_initialized()
+
+
+_RELEASE_PROBE = """
+import json, threading
+import ray
+from pipeline.config import RayConfig
+from pipeline.ray_session import ray_session
+
+with ray_session(RayConfig(num_cpus=1, object_store_memory=80 * 2**20)) as session:
+    ray.get(ray.remote(lambda: 1).remote())
+    session.release()
+    session.release()  # a second call does nothing
+    # the driver goes on while Ray shuts down in the background
+    closing = [t.name for t in threading.enumerate() if t.name == "ray-shutdown"]
+    session._closing.join(timeout=60)
+    inside = ray.is_initialized()
+print(json.dumps([closing, inside, ray.is_initialized()]))
+"""
+
+
+def test_release_shuts_an_owned_ray_down_in_the_background():
+    out = subprocess.run([sys.executable, "-c", _RELEASE_PROBE], capture_output=True, text=True,
+                         timeout=180, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    closing, inside, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert closing == ["ray-shutdown"] and inside is False and after is False
+
+
 _WORKER_MEMORY_PROBE = """
 import json, os, sys
 import ray
