@@ -11,6 +11,7 @@ import logging
 import sys
 
 from pipeline.config import ConfigError
+from tokenizer_training.memory import raise_malloc_arena_limit
 
 COMMAND_MODULES = (
     "pipeline.commands",
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    raise_malloc_arena_limit()  # before Ray or any trainer starts a thread
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

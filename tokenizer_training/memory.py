@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import threading
 
 import psutil
@@ -35,6 +36,27 @@ def release_heap() -> None:
     """
     try:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+_M_ARENA_MAX = -8  # glibc mallopt parameter
+# Enough malloc arenas for a driver's ~33 threads: Ray's core worker, tqdm, the RSS sampler, the trainer's.
+MIN_MALLOC_ARENAS = 64
+
+
+def raise_malloc_arena_limit() -> None:
+    """Let every thread of this process have its own glibc malloc arena (the default caps them at 8 per
+    core); call it first thing, before any thread exists: the cap is fixed once the ninth arena is made.
+
+    At the cap, new threads share arenas and contend for their locks. With Ray's driver threads, the
+    `tokenizers` trainer's threads shared theirs: on 2 cores (16 arenas, 33 threads) the BPE phase after
+    counting took 36-39 s in 6 of 7 runs at 150 MB, against 27-29 s with the cap raised (12 CPU-s less).
+    A no-op where the C library has no `mallopt`.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_ARENA_MAX, max(MIN_MALLOC_ARENAS, 8 * (os.cpu_count() or 1)))
     except (OSError, AttributeError):
         pass
 
