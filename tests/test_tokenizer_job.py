@@ -7,8 +7,11 @@ import ctypes.util
 import dataclasses
 import json
 import logging
+import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from test_tokenizer_train import synthetic_texts
@@ -21,6 +24,7 @@ from tokenizer_training.sample_ray import stream_sample
 from tokenizer_training.sampling import Tally, plan_sample
 from tokenizer_training.sources import read_file
 
+REPO = Path(__file__).resolve().parents[1]
 VOCAB = 700
 # Plenty of en/zh/ru, a little hi, no Arabic at all, some code, and a language outside the table.
 DOCS = {"en": 150, "zh": 150, "ru": 100, "hi": 1, "de": 60}
@@ -71,6 +75,8 @@ def test_report_and_exact_size(trained):
     saved = json.loads((out / "training_report.json").read_text())
     run = json.loads((out / "training_run.json").read_text())
     assert {**saved, **run} == report and set(run) == {"time_s", "peak_rss_bytes"}  # run-varying kept apart
+    phases = run["time_s"]
+    assert phases["census"] + phases["sample_and_count"] + phases["merges"] == pytest.approx(phases["total"], abs=0.02)
     sample = report["sample"]
     langs = sample["by_language"]
     assert len(langs) == 42 and "tgl_Latn" not in langs  # 41 languages + code
@@ -114,15 +120,41 @@ def test_too_little_text_says_how_much_more(ray_local, corpus_dirs, tmp_path):
     assert not (tmp_path / "tokenizer.json").exists()
 
 
-def test_memory_guard_caps_the_sample(ray_local, corpus_dirs, tmp_path):
-    from tokenizer_training.memory import RSS_PER_SAMPLE_BYTE, current_rss
+def test_memory_guard_caps_the_sample(ray_local, corpus_dirs, tmp_path, monkeypatch):
+    from tokenizer_training import job
+    from tokenizer_training.memory import RSS_PER_SAMPLE_BYTE
 
-    budget = int(current_rss() + RSS_PER_SAMPLE_BYTE * 60_000)
+    base = 300 * 2**20  # the driver's RSS when the guard runs, fixed: the real one moves by a few MB
+    monkeypatch.setattr(job, "current_rss", lambda: base)
+    budget = int(base + RSS_PER_SAMPLE_BYTE * 60_000)
     report = train_tokenizer(str(corpus_dirs[0]), str(tmp_path), _cfg(max_memory=budget), show_progress=False)
-    assert report["sample"]["memory_capped"] and report["sample"]["capped_bytes"] < 150_000
-    assert report["sample"]["bytes"] < 100_000
+    assert report["sample"]["memory_capped"] and report["sample"]["capped_bytes"] == 60_000
+    assert report["sample"]["bytes"] < 70_000
     with pytest.raises(ConfigError, match="max_memory"):
         train_tokenizer(str(corpus_dirs[0]), str(tmp_path), _cfg(max_memory=1000), show_progress=False)
+
+
+def test_ray_is_released_once_the_sample_is_exhausted(ray_local, corpus_dirs, tmp_path, monkeypatch):
+    """The merges need no cluster: the job hands Ray back right after the last sampled block."""
+    from pipeline.ray_session import RaySession
+    from tokenizer_training import job
+
+    events: list[str] = []
+    monkeypatch.setattr(RaySession, "release", lambda self: events.append("release"))
+    real_train = job.train_bpe
+
+    def watched(texts, *args, **kwargs):
+        def blocks():
+            for block in texts:
+                events.append("block")
+                yield block
+            events.append("end")
+        return real_train(blocks(), *args, **kwargs)
+
+    monkeypatch.setattr(job, "train_bpe", watched)
+    train_tokenizer(str(corpus_dirs[1]), str(tmp_path), _cfg(), show_progress=False)
+    assert events.count("release") == 1 and events[-2:] == ["release", "end"]
+    assert set(events[:-2]) == {"block"}
 
 
 def test_from_config(ray_local, corpus_dirs, tmp_path):
@@ -207,3 +239,49 @@ def test_release_heap_hands_freed_memory_back():
     assert held - current_rss() > 100 * 2**20
     for block in blocks[::100] + [blocks[-1]]:
         libc.free(block)
+
+
+_ARENA_PROBE = """
+import ctypes, re, sys, tempfile, threading
+from tokenizer_training.memory import raise_malloc_arena_limit
+
+if sys.argv[1] == "raised":
+    raise_malloc_arena_limit()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+libc.fopen.restype = ctypes.c_void_p
+threads, barrier = 40, threading.Barrier(41)
+
+def allocate():  # a thread's first malloc attaches it to an arena; all 40 are alive together
+    block = libc.malloc(4096)
+    barrier.wait()
+    barrier.wait()
+    libc.free(block)
+
+pool = [threading.Thread(target=allocate) for _ in range(threads)]
+for t in pool:
+    t.start()
+barrier.wait()
+path = tempfile.mktemp()
+fp = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, ctypes.c_void_p(fp))
+libc.fclose(ctypes.c_void_p(fp))
+barrier.wait()
+for t in pool:
+    t.join()
+print(len(re.findall("<heap nr=", open(path).read())))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) > 4,
+                    reason="glibc's arenas; on a bigger machine the default cap exceeds the probe's threads")
+@pytest.mark.parametrize("mode", ["default", "raised"])
+def test_every_thread_gets_its_own_malloc_arena_once_raised(mode):
+    out = subprocess.run([sys.executable, "-c", _ARENA_PROBE, mode], capture_output=True, text=True, timeout=60,
+                         cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    arenas = int(out.stdout.strip())
+    if mode == "raised":
+        assert arenas >= 41  # the main heap and one per thread
+    else:
+        assert arenas == 8 * len(os.sched_getaffinity(0))  # glibc's cap (8 per core): threads share
