@@ -135,10 +135,18 @@ def anchor_train(sample: Path, out: Path, vocab: int, kind: str) -> None:
     limit = {} if kind == "byte-level" else {"limit_alphabet": min(1000, vocab // 4)}
     trainer = trainers.BpeTrainer(vocab_size=vocab, min_frequency=2, special_tokens=specials,
                                   initial_alphabet=alphabet, show_progress=False, **limit)
-    tok.train_from_iterator(texts, trainer=trainer)
+    counted: list[float] = []
+
+    def timed_texts():  # marks when the trainer has taken the last text: counting ends, BPE begins
+        yield from texts
+        counted.append(time.perf_counter())
+
+    tok.train_from_iterator(timed_texts(), trainer=trainer)
+    ended = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.json").write_text(tok.to_str(pretty=True), encoding="utf-8")
-    print(json.dumps({"train_s": time.perf_counter() - started, "vocab": tok.get_vocab_size()}))
+    print(json.dumps({"train_s": ended - started, "count_s": counted[0] - started, "merges_s": ended - counted[0],
+                      "vocab": tok.get_vocab_size()}))
 
 
 # ----------------------------------------------------------------------------- evaluation helpers
@@ -260,8 +268,11 @@ def main() -> None:
           f"{mib(o['peak_rss_tree'])} | {mib(o['peak_rss_main'])} | {report['vocab_size']:,} |")
     print(f"| **ratio ours / anchor** | **{o['wall_s'] / a['wall_s']:.2f}x** | "
           f"**{o['peak_rss_tree'] / a['peak_rss_tree']:.2f}x** | **{o['peak_rss_main'] / a['peak_rss_main']:.2f}x** | |")
-    print(f"\nours (median pair): census {report['time_s']['census']} s of {report['time_s']['total']} s in-process; "
-          f"identical tokenizer.json (last pair): {same}", flush=True)
+    t = report["time_s"]
+    print(f"\nphases of the median pair, in process: ours census (Ray start included) {t['census']} s, "
+          f"sample + word count {t['sample_and_count']} s, merges {t['merges']} s (total {t['total']} s); "
+          f"anchor word count {a['count_s']:.1f} s, merges {a['merges_s']:.1f} s. "
+          f"Identical tokenizer.json (last pair): {same}", flush=True)
     results["identical_tokenizer_json"] = same
 
     # 2. memory curve
