@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 from mixing.ratios import load_ratios
 from pipeline.config import Config, ConfigError, RayConfig, TokenizerConfig, validate_tokenizer
@@ -62,12 +62,6 @@ def _by_language(plan: SamplePlan, sampled: Tally) -> dict:
             for b in sorted(plan.shares)}
 
 
-def _then(items: Iterator, done: Callable[[], None]) -> Iterator:
-    """`items`, then a call to `done` once they are exhausted (here: Ray is let go before the merges)."""
-    yield from items
-    done()
-
-
 def train_tokenizer(inputs: list[str] | str, output_dir: str, tok_cfg: TokenizerConfig,
                     ray_cfg: Optional[RayConfig] = None, show_progress: bool = True) -> dict:
     """Train and write the tokenizer directory; returns the training report."""
@@ -97,13 +91,13 @@ def train_tokenizer(inputs: list[str] | str, output_dir: str, tok_cfg: Tokenizer
         by_bucket, by_category = Tally(), Tally()
         sampled_at: list[float] = []
 
-        def sample_done() -> None:  # the trainer has every word: what remains is BPE on the driver alone
+        def sample() -> Iterator[list[str]]:  # after the last block, the merges need the driver alone
+            yield from stream_sample(files, plan, languages, by_bucket, by_category)
             sampled_at.append(time.perf_counter())
             session.release()
 
-        sample = _then(stream_sample(files, plan, languages, by_bucket, by_category), sample_done)
         try:
-            tok = train_bpe(sample, tok_cfg.vocab_size, tok_cfg.min_frequency, show_progress=show_progress)
+            tok = train_bpe(sample(), tok_cfg.vocab_size, tok_cfg.min_frequency, show_progress=show_progress)
         except VocabularyShortError as err:
             raise _too_little_text(err, plan, sum(by_bucket.bytes.values()), tok_cfg.min_frequency) from None
     ended = time.perf_counter()
