@@ -1,16 +1,20 @@
 """GPU check of the model: attention backends in bf16, and proxy-1b training throughput and MFU.
 
 One script for one short device run (< 5 minutes on one H200). Needs only torch (and this repo):
-batches are synthetic packed rows of several documents, so no shard files travel. Three parts:
+batches are synthetic packed rows of several documents, so no shard files travel. Four parts:
 
 1. every attention backend available on CUDA against a per-document fp32 reference, forward and
-   gradients, on a random document layout;
+   gradients, on a random document layout (and the self-check that `--attention cudnn` runs);
 2. a small model on CUDA: a packed row's logits against each document run alone;
-3. `proxy-1b` at 16,384 tokens per row: training steps (bf16 autocast over fp32 weights, fused AdamW,
-   grad clipping) in variants side by side (`--variants`): eager - the anchor's setup -,
-   `torch.compile` of the whole model, two rows per step, and on request the chunked loss, compiled
-   blocks and inductor's max-autotune (minutes of GEMM autotuning): tokens/s and MFU against
-   990 TFLOP/s dense bf16, Dynamo graph counts, and a profiler table of one variant (`--profile`).
+3. the varlen attention kernels alone at proxy-1b's shape (16,384 tokens, 16 heads of 128): forward
+   and forward + backward time and TFLOP/s, on one layout repeated and on a new layout every call
+   (what training sees; it exposes per-layout set-up such as cuDNN building a graph);
+4. `proxy-1b` at 16,384 tokens per row: training steps (bf16 autocast over fp32 weights, fused AdamW,
+   grad clipping) in variants side by side (`--variants`): `torch.compile` of the whole model with
+   the default (`varlen`) or the cuDNN attention, one or two rows per step, eager - the anchor's
+   setup -, and on request the chunked loss, compiled blocks and inductor's max-autotune (minutes of
+   GEMM autotuning): tokens/s and MFU against 990 TFLOP/s dense bf16, Dynamo graph counts, and
+   profiler tables of chosen variants (`--profile`).
 
 It prints markdown tables and writes everything to $OUT/gpu_check.json (else --out).
 `--dry-run` runs the same code with tiny sizes on CPU, to catch bugs before spending device time (its
@@ -35,7 +39,7 @@ from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.attention import DocumentLayout, attention_kernel, available_backends  # noqa: E402
+from model.attention import DocumentLayout, attention_kernel, available_backends, cudnn_self_check, select_backend  # noqa: E402
 from model.config import preset  # noqa: E402
 from model.data import collate  # noqa: E402
 from model.model import Transformer  # noqa: E402
@@ -129,6 +133,84 @@ def check_packed_vs_alone(device, dtype, backend: str, seq_len: int) -> dict:
     return {"backend": backend, "documents": len(cu) - 1, "max_rel_err": float(f"{worst:.3g}"), "ok": worst < 2e-2}
 
 
+def cudnn_fixed_shape(max_docs: int):
+    """The cudnn backend with one graph shape for every layout: `cu_seqlens` padded with empty documents
+    to `max_docs` and the row length as `max_seqlen`. cuDNN builds a graph per (documents, longest)
+    shape; this variant shows whether sparing those builds is worth the padding."""
+    def kernel(q, k, v, layout):
+        cu = layout.cu_seqlens
+        padded = torch.cat([cu, cu[-1:].expand(max_docs + 1 - len(cu))])
+        return torch.ops.xdp.cudnn_attention(q, k, v, padded, layout.seq_len)[0]
+    return kernel
+
+
+def attention_speed(device, backends: list[str], seq_len: int, heads: int, head_dim: int, mean_doc: int,
+                    calls: int) -> list[dict]:
+    """Forward and forward + backward time of each backend on one packed bf16 row (T, heads, head_dim).
+
+    "same layout": one document layout every call; "new layout": a layout never seen before on every
+    call, as in training, where each batch packs other documents. FLOPs count the causal pairs within
+    documents: 4 * head_dim per pair and head forward, 2.5 times that backward (FlashAttention's count).
+    Each kernel's output and gradients are first checked against the fp32 reference at this shape.
+    """
+    on_gpu = device.type == "cuda"
+    layouts = [DocumentLayout.from_rows([r["cu_seqlens"] for r in synthetic_rows(1, seq_len, 100, mean_doc, seed=100 + i)],
+                                        seq_len).to(device) for i in range(3 * calls + 1)]
+    gen = torch.Generator(device=device).manual_seed(6)
+    q, k, v, grad = (torch.randn(seq_len, heads, head_dim, device=device, dtype=torch.bfloat16, generator=gen)
+                     for _ in range(4))
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    ref_in = [x.detach().float().requires_grad_() for x in (q, k, v)]
+    ref = reference_attention(*ref_in, layouts[0])
+    ref_grads = torch.autograd.grad(ref, ref_in, grad.float())
+
+    def fwd_flops(layout):
+        bounds = layout.boundaries
+        return 4 * head_dim * heads * sum((b - a) * (b - a + 1) // 2 for a, b in zip(bounds, bounds[1:]))
+
+    def timed(fn) -> float:
+        if on_gpu:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    def median_time_mean_flops(samples):
+        return statistics.median(t for t, _ in samples), statistics.mean(f for _, f in samples)
+
+    kernels = {name: attention_kernel(name) for name in backends}
+    if "cudnn" in kernels:
+        kernels["cudnn_fixed"] = cudnn_fixed_shape(max_docs=64)
+    results = []
+    for name, kernel in kernels.items():
+        fresh = iter(layouts[1:])  # every kernel sees the same new layouts
+        try:
+            out = kernel(q, k, v, layouts[0])  # also the warm-up: kernel load, handles, a first graph
+            grads = torch.autograd.grad(out, (q, k, v), grad)
+            err = max([rel_err(out, ref)] + [rel_err(g, r) for g, r in zip(grads, ref_grads)])
+            for pattern in ("same layout", "new layout"):
+                fwd, both = [], []
+                for _ in range(calls):
+                    layout_f, layout_b = (layouts[0], layouts[0]) if pattern == "same layout" else (next(fresh), next(fresh))
+                    with torch.no_grad():
+                        fwd.append((timed(lambda: kernel(q, k, v, layout_f)), fwd_flops(layout_f)))
+                    both.append((timed(lambda: torch.autograd.grad(kernel(q, k, v, layout_b), (q, k, v), grad)),
+                                 fwd_flops(layout_b)))
+                (f_s, f_flops), (b_s, b_flops) = (median_time_mean_flops(x) for x in (fwd, both))
+                results.append({"backend": name, "layout": pattern, "max_rel_err": float(f"{err:.3g}"),
+                                "fwd_ms": round(f_s * 1e3, 2), "fwd_bwd_ms": round(b_s * 1e3, 2),
+                                "fwd_tflops": round(f_flops / f_s / 1e12, 1),
+                                "fwd_bwd_tflops": round(3.5 * b_flops / b_s / 1e12, 1)})
+        except Exception as exc:
+            results.append({"backend": name, "error": f"{type(exc).__name__}: {exc}"})
+    return results
+
+
 @dataclass(frozen=True)
 class Variant:
     """One way to run the training step. `compile`: None (eager), "model" (the whole model, with
@@ -139,12 +221,15 @@ class Variant:
     mode: str | None = None
     rows: int = 1
     loss_chunk: int = 0
+    attention: str = "auto"
 
 
 VARIANTS = {v.name: v for v in (
     Variant("eager"),
     Variant("compiled", compile="model"),
     Variant("compiled_rows2", compile="model", rows=2),
+    Variant("compiled_cudnn", compile="model", attention="cudnn"),
+    Variant("compiled_cudnn_rows2", compile="model", rows=2, attention="cudnn"),
     Variant("compiled_chunk", compile="model", loss_chunk=4096),
     Variant("compiled_blocks", compile="blocks"),
     Variant("compiled_autotune", compile="model", mode="max-autotune-no-cudagraphs"),
@@ -166,7 +251,7 @@ def train_throughput(device, cfg_name: str, seq_len: int, variant: Variant, warm
                      peak: float, compile_backend: str, profile_to: Path | None = None) -> dict:
     on_gpu = device.type == "cuda"
     # On CPU (dry run) the masked kernel: its graph does not depend on where documents start.
-    backend = available_backends(device)[0] if on_gpu else "sdpa_mask"
+    backend = select_backend(device, variant.attention) if on_gpu else "sdpa_mask"
     torch.manual_seed(0)
     torch._dynamo.reset()
     counters.clear()
@@ -237,11 +322,13 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "bench/results"), "gpu_check.json"))
     ap.add_argument("--peak-tflops", type=float, default=990.0)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--variants", type=lambda v: v.split(","), default=["eager", "compiled", "compiled_rows2"],
-                    help=f"training variants, in order (default: eager,compiled,compiled_rows2, ~3 minutes on an "
+    default_variants = ["compiled", "compiled_cudnn", "compiled_rows2", "compiled_cudnn_rows2", "eager"]
+    ap.add_argument("--variants", type=lambda v: v.split(","), default=default_variants,
+                    help=f"training variants, in order (default: {','.join(default_variants)}, ~4 minutes on an "
                          f"H200); any of {', '.join(VARIANTS)}")
-    ap.add_argument("--profile", metavar="VARIANT", default="compiled",
-                    help="write a torch.profiler table of two steps of this variant beside --out")
+    ap.add_argument("--profile", metavar="VARIANTS", type=lambda v: v.split(","), default=["compiled", "compiled_cudnn"],
+                    help="write a torch.profiler table of two steps of each of these variants beside --out "
+                         "(default: compiled,compiled_cudnn)")
     args = ap.parse_args()
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -270,6 +357,10 @@ def main() -> int:
     print(table(report["backends"], ["backend", "ok", "out", "dq", "dk", "dv", "error"]) + "\n")
     save()
 
+    if "cudnn" in available_backends(device):
+        report["cudnn_self_check"] = cudnn_self_check(str(device)) or "passed"
+        print(f"cudnn self-check: {report['cudnn_self_check']}\n")
+
     best = available_backends(device)[0] if device.type == "cuda" else "sdpa_docs"
     report["packed_vs_alone"] = check_packed_vs_alone(device, dtype, best, 128 if dry else 4096)
     failures += not report["packed_vs_alone"]["ok"]
@@ -277,12 +368,21 @@ def main() -> int:
     print(table([report["packed_vs_alone"]], ["backend", "documents", "max_rel_err", "ok"]) + "\n")
     save()
 
+    speed_backends = [b for b in available_backends(device) if b in ("flash", "varlen", "cudnn")] or ["sdpa_docs"]
+    report["attention_speed"] = attention_speed(device, speed_backends, seq_len=512 if dry else 16_384,
+                                                heads=2 if dry else 16, head_dim=16 if dry else 128,
+                                                mean_doc=64 if dry else 2048, calls=3 if dry else 10)
+    print("## attention kernels alone (bf16, %s)\n" % ("tiny" if dry else "16,384 tokens, 16 heads x 128"))
+    print(table(report["attention_speed"], ["backend", "layout", "max_rel_err", "fwd_ms", "fwd_bwd_ms", "fwd_tflops",
+                                            "fwd_bwd_tflops", "error"]) + "\n")
+    save()
+
     report["training"] = []
     cfg_name, seq_len, mean_doc = ("tiny", 256, 40) if dry else ("proxy-1b", 16_384, 2048)
     compile_backend = "aot_eager" if dry else "inductor"
     for name in args.variants:
         try:
-            profile_to = out.parent / f"profile_{name}.txt" if name == args.profile else None
+            profile_to = out.parent / f"profile_{name}.txt" if name in args.profile else None
             r = train_throughput(device, cfg_name, seq_len, VARIANTS[name], warmup=3, steps=2 if dry else args.steps,
                                  mean_doc=mean_doc, peak=args.peak_tflops, compile_backend=compile_backend,
                                  profile_to=profile_to)

@@ -6,6 +6,9 @@ exactly as if each had its own row. Backends, best first:
 
 - ``flash``: `flash_attn.flash_attn_varlen_func` (the flash-attn package, CUDA);
 - ``varlen``: PyTorch's `torch.nn.attention.varlen.varlen_attn` (FlashAttention kernels, CUDA only);
+- ``cudnn``: cuDNN's ragged SDPA, the kernel behind PyTorch's nested-tensor attention (CUDA only; a
+  Hopper-tuned kernel where FlashAttention-2 is not). Never picked by "auto": it runs only on request,
+  after a self-check on the device (`select_backend`);
 - ``sdpa_mask``: `scaled_dot_product_attention` with a block-diagonal causal mask (any device);
 - ``sdpa_docs``: `scaled_dot_product_attention` once per document (any device; memory grows with
   the longest document rather than with the row, so it suits long rows on CPU).
@@ -21,7 +24,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("flash", "varlen", "sdpa_mask", "sdpa_docs")
+BACKENDS = ("flash", "varlen", "cudnn", "sdpa_mask", "sdpa_docs")
 
 
 @dataclass
@@ -86,6 +89,8 @@ def available_backends(device: torch.device | str) -> list[str]:
             found.append("flash")
         if _torch_varlen() is not None:
             found.append("varlen")
+        if _cudnn_ragged_installed():
+            found.append("cudnn")
     return found + ["sdpa_mask", "sdpa_docs"]
 
 
@@ -97,6 +102,8 @@ def select_backend(device: torch.device | str, requested: str = "auto") -> str:
         return available[0] if available[0] in ("flash", "varlen") else "sdpa_docs"
     if check_backend(requested) not in available:
         raise ValueError(f"attention backend {requested!r} is not available on {device} (have: {', '.join(available)})")
+    if requested == "cudnn" and (problem := cudnn_self_check(str(torch.device(device)))):
+        raise ValueError(f"attention backend 'cudnn' failed its self-check on {device}: {problem}")
     return requested
 
 
@@ -170,5 +177,92 @@ def _sdpa_docs(q, k, v, layout):
     return torch.cat(outs)
 
 
-_KERNELS = {"flash": _flash, "varlen": _varlen, "sdpa_mask": _sdpa_mask, "sdpa_docs": _sdpa_docs}
+def _cudnn(q, k, v, layout):
+    return torch.ops.xdp.cudnn_attention(q, k, v, layout.cu_seqlens, layout.max_seqlen)[0]
+
+
+# cuDNN's ragged attention, called on the packed (T, heads, head_dim) tensors with cu_seqlens as the
+# ragged offsets. The aten ops have no meta kernels, so each is wrapped in a custom op: torch.compile
+# keeps it opaque and autograd reaches cuDNN's own backward. The op's logsumexp layout has changed
+# between torch versions ((T, heads, 1), later (heads, T)), so it travels flat and the backward views
+# it in the shape the forward produced.
+_CUDNN_LSE_SHAPES: dict[tuple[int, int], torch.Size] = {}
+
+
+def _cudnn_ragged_installed() -> bool:
+    return torch.backends.cudnn.is_available() and hasattr(torch.ops.aten, "_cudnn_attention_forward")
+
+
+@torch.library.custom_op("xdp::cudnn_attention", mutates_args=())
+def _cudnn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                     max_seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
+    out, lse = torch.ops.aten._cudnn_attention_forward(
+        q, k, v, None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, True, 0.0, True, False)[:2]
+    _CUDNN_LSE_SHAPES[(q.shape[0], q.shape[1])] = lse.shape
+    return out, lse.reshape(-1)
+
+
+@_cudnn_attention.register_fake
+def _(q, k, v, cu_seqlens, max_seqlen):
+    return torch.empty_like(q), q.new_empty(q.shape[0] * q.shape[1], dtype=torch.float32)
+
+
+@torch.library.custom_op("xdp::cudnn_attention_backward", mutates_args=())
+def _cudnn_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor,
+                              max_seqlen: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    unused = q.new_empty(0)  # dropout's random state: no dropout here
+    dq, dk, dv = torch.ops.aten._cudnn_attention_backward(
+        grad_out.contiguous(), q, k, v, out, lse.view(_CUDNN_LSE_SHAPES[(q.shape[0], q.shape[1])]), unused, unused,
+        None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, 0.0, True)
+    return dq, dk, dv
+
+
+@_cudnn_attention_backward.register_fake
+def _(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _cudnn_save(ctx, inputs, output):
+    q, k, v, cu_seqlens, ctx.max_seqlen = inputs
+    ctx.save_for_backward(q, k, v, *output, cu_seqlens)
+
+
+def _cudnn_grads(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+    return (*torch.ops.xdp.cudnn_attention_backward(grad_out, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen),
+            None, None)
+
+
+_cudnn_attention.register_autograd(_cudnn_grads, setup_context=_cudnn_save)
+
+
+@functools.cache
+def cudnn_self_check(device: str) -> str | None:
+    """None if cuDNN's ragged attention gives per-document attention and gradients on `device`, else why not.
+
+    Its nested-tensor path is younger than the FlashAttention ones, so it proves itself on a small
+    layout (bf16, documents longer than a head, a padding tail) against `sdpa_docs` in fp32 before any
+    model uses it.
+    """
+    layout = DocumentLayout.from_rows([torch.tensor([0, 150, 420, 500], dtype=torch.int32)], 512).to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v, grad = (torch.randn(512, 2, 64, generator=gen, device=device, dtype=torch.bfloat16) for _ in range(4))
+    results = []
+    try:
+        for kernel, dtype in ((_cudnn, torch.bfloat16), (_sdpa_docs, torch.float32)):
+            inputs = [x.detach().to(dtype).requires_grad_() for x in (q, k, v)]
+            out = kernel(*inputs, layout)
+            out.backward(grad.to(dtype))
+            results.append([out.detach()] + [x.grad for x in inputs])
+    except Exception as exc:  # no kernel for this device, shape or cuDNN version
+        return f"{type(exc).__name__}: {exc}"
+    for name, got, want in zip(("output", "dq", "dk", "dv"), *results):
+        err = float((got.float() - want).norm() / want.norm())
+        if not err < 2e-2:  # bf16 operands land near 1e-3..1e-2; NaN fails too
+            return f"{name} differs from the per-document reference (relative error {err:.3g})"
+    return None
+
+
+_KERNELS = {"flash": _flash, "varlen": _varlen, "cudnn": _cudnn, "sdpa_mask": _sdpa_mask, "sdpa_docs": _sdpa_docs}
 _LIBRARY = {"flash": _flash_attn_varlen, "varlen": _torch_varlen}  # kernels that take their library function first
