@@ -11,28 +11,20 @@ import torch
 
 from model import attention
 from model.attention import DocumentLayout, attention_kernel, cudnn_self_check, select_backend
+from test_model_core import document_scores, reference_attention
 
 
-def per_document(q, k, v, cu):
-    """Causal softmax attention within each segment of `cu`, in float64, plus its logsumexp (T, H)."""
-    outs, lses = [], []
-    for a, b in zip(cu, cu[1:]):
-        qs, ks, vs = (x[a:b].double().transpose(0, 1) for x in (q, k, v))
-        scores = qs @ ks.transpose(1, 2) / math.sqrt(q.shape[-1])
-        scores = scores.masked_fill(~torch.ones(b - a, b - a, dtype=torch.bool).tril(), float("-inf"))
-        outs.append((scores.softmax(-1) @ vs).transpose(0, 1))
-        lses.append(scores.logsumexp(-1).transpose(0, 1))
-    return torch.cat(outs), torch.cat(lses)
+def reference_logsumexp(q, k, cu):
+    """(T, H) logsumexp of each query's causal scores within its document, as the kernels keep it."""
+    return torch.cat([scores.logsumexp(-1).transpose(0, 1) for _, _, scores in document_scores(q, k, cu)])
 
 
-def per_document_grads(q, k, v, grad_out, cu):
-    """dq, dk, dv of `per_document` worked out by hand (kernels run below autograd, so none of its help)."""
+def reference_grads(q, k, v, grad_out, cu):
+    """dq, dk, dv of `reference_attention` worked out by hand (kernels run below autograd)."""
     grads = [torch.zeros(x.shape, dtype=torch.float64) for x in (q, k, v)]
     scale = 1 / math.sqrt(q.shape[-1])
-    for a, b in zip(cu, cu[1:]):
+    for a, b, scores in document_scores(q, k, cu):
         qs, ks, vs, gs = (x[a:b].double().transpose(0, 1) for x in (q, k, v, grad_out))
-        scores = (qs @ ks.transpose(1, 2) * scale).masked_fill(~torch.ones(b - a, b - a, dtype=torch.bool).tril(),
-                                                              float("-inf"))
         p = scores.softmax(-1)
         dp = gs @ vs.transpose(1, 2)
         ds = p * (dp - (dp * p).sum(-1, keepdim=True))
@@ -59,8 +51,8 @@ class CpuCudnn:
                 scale=None):  # the dispatcher leaves out arguments equal to their defaults
         assert bias is None and want_lse and dropout == 0.0 and causal and not debug and scale is None
         assert torch.equal(cu_q, cu_k) and cu_q.dtype == torch.int32 and max_q == max_k
-        out, lse = per_document(q, k, v, cu_q.tolist())
-        lse = lse.float()[..., None] if self.lse_layout == "thd1" else lse.float().t().contiguous()
+        out, lse = reference_attention(q, k, v, cu_q.tolist()), reference_logsumexp(q, k, cu_q.tolist()).float()
+        lse = lse[..., None] if self.lse_layout == "thd1" else lse.t().contiguous()
         none = torch.empty(0)
         return out.to(q.dtype), lse, cu_q, cu_k, max_q, max_k, none, none, none
 
@@ -69,11 +61,11 @@ class CpuCudnn:
         t, h = q.shape[:2]
         assert lse.shape == ((t, h, 1) if self.lse_layout == "thd1" else (h, t))
         assert bias is None and dropout == 0.0 and causal and grad_out.is_contiguous()
-        grads = per_document_grads(q, k, v, grad_out, cu_q.tolist())
+        grads = reference_grads(q, k, v, grad_out, cu_q.tolist())
         if self.broken_after is not None:
             positions = DocumentLayout.from_rows([cu_q], t).positions
             grads[0][positions > self.broken_after] = 0
-        return tuple(g.to(q.dtype) for g, q in zip(grads, (q, k, v)))
+        return tuple(g.to(x.dtype) for g, x in zip(grads, (q, k, v)))
 
     def close(self):
         self.lib._destroy()
@@ -108,7 +100,7 @@ def test_cudnn_kernel_is_per_document_attention_with_its_gradients(cpu_cudnn, co
     if compiled:  # the custom ops' fake kernels and autograd must trace
         kernel = torch.compile(kernel, backend="aot_eager", fullgraph=True)
     out, got = grads_of(lambda q, k, v: kernel(q, k, v, layout), qkv, grad)
-    ref, want = grads_of(lambda q, k, v: per_document(q, k, v, cu)[0], qkv, grad)
+    ref, want = grads_of(lambda q, k, v: reference_attention(q, k, v, cu), qkv, grad)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
     for g, w in zip(got, want):
         torch.testing.assert_close(g.double(), w.double(), rtol=1e-5, atol=1e-6)

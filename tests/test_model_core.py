@@ -12,15 +12,18 @@ from model.data import BatchOrder, collate, row_labels
 from model.model import IGNORE_INDEX, Transformer
 
 
+def document_scores(q, k, bounds):
+    """(start, end, causal scaled scores (heads, n, n) in float64) for each document of a packed batch."""
+    for a, b in zip(bounds, bounds[1:]):
+        qs, ks = (x[a:b].double().transpose(0, 1) for x in (q, k))
+        scores = qs @ ks.transpose(1, 2) / math.sqrt(q.shape[-1])
+        yield a, b, scores.masked_fill(~torch.ones(b - a, b - a, dtype=torch.bool).tril(), float("-inf"))
+
+
 def reference_attention(q, k, v, bounds):
     """Explicit causal softmax per document in float64: the definition, not another kernel."""
-    outs = []
-    for a, b in zip(bounds, bounds[1:]):
-        qs, ks, vs = (x[a:b].double().transpose(0, 1) for x in (q, k, v))
-        scores = qs @ ks.transpose(1, 2) / math.sqrt(q.shape[-1])
-        causal = torch.ones(b - a, b - a, dtype=torch.bool).tril()
-        outs.append((scores.masked_fill(~causal, float("-inf")).softmax(-1) @ vs).transpose(0, 1))
-    return torch.cat(outs)
+    return torch.cat([(scores.softmax(-1) @ v[a:b].double().transpose(0, 1)).transpose(0, 1)
+                      for a, b, scores in document_scores(q, k, bounds)])
 
 
 def rows_with(doc_lengths_per_row, seq_len, vocab, seed=0):
