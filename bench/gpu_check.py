@@ -16,6 +16,8 @@ batches are synthetic packed rows of several documents, so no shard files travel
    GEMM autotuning): tokens/s and MFU against 990 TFLOP/s dense bf16, Dynamo graph counts, and
    profiler tables of chosen variants (`--profile`).
 
+The checks (1-3) and each training variant run in a child process of their own, so a kernel that
+kills its CUDA context, or a variant that leaks memory, costs only its own part of the device run.
 It prints markdown tables and writes everything to $OUT/gpu_check.json (else --out).
 `--dry-run` runs the same code with tiny sizes on CPU, to catch bugs before spending device time (its
 compiled variant traces with dynamo and AOT autograd but skips inductor's slow C++ code generation).
@@ -28,7 +30,9 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -316,6 +320,75 @@ def table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(lines)
 
 
+def run_checks(device: torch.device, dry: bool) -> dict:
+    """Parts 1-3: the backends against the reference, a packed row against its documents, the kernels' speed."""
+    dtype = torch.bfloat16  # on CPU too, so a dry run follows the GPU's dtype flow
+    result = {"backends": check_backends(device, dtype, seq_len=256 if dry else 8192, n_rows=2, heads=2 if dry else 16,
+                                         head_dim=16 if dry else 128, mean_doc=40 if dry else 1024)}
+    if "cudnn" in available_backends(device):
+        result["cudnn_self_check"] = cudnn_self_check(str(device)) or "passed"
+    best = available_backends(device)[0] if device.type == "cuda" else "sdpa_docs"
+    result["packed_vs_alone"] = check_packed_vs_alone(device, dtype, best, 128 if dry else 4096)
+    speed_backends = [b for b in available_backends(device) if b in ("flash", "varlen", "cudnn")] or ["sdpa_docs"]
+    result["attention_speed"] = attention_speed(device, speed_backends, seq_len=512 if dry else 16_384,
+                                                heads=2 if dry else 16, head_dim=16 if dry else 128,
+                                                mean_doc=64 if dry else 2048, calls=3 if dry else 10)
+    return result
+
+
+def run_variant(device: torch.device, dry: bool, name: str, args) -> dict:
+    """Part 4 for one variant."""
+    cfg_name, seq_len, mean_doc = ("tiny", 256, 40) if dry else ("proxy-1b", 16_384, 2048)
+    profile_to = Path(args.profile_dir) / f"profile_{name}.txt" if name in args.profile else None
+    r = train_throughput(device, cfg_name, seq_len, VARIANTS[name], warmup=3, steps=2 if dry else args.steps,
+                         mean_doc=mean_doc, peak=args.peak_tflops, compile_backend="aot_eager" if dry else "inductor",
+                         profile_to=profile_to)
+    r["vs_anchor_tokens_per_s"] = round(r["tokens_per_s"] / ANCHOR["tokens_per_s"], 3)
+    return r
+
+
+def run_part(part: str, args) -> int:
+    """Run one part in this process and write its JSON to --out (the parent reads it)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = {"torch": torch.__version__, "python": platform.python_version(),
+              "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"}
+    if part == "checks":
+        result |= run_checks(device, args.dry_run)
+    else:
+        try:
+            result["training"] = run_variant(device, args.dry_run, part, args)
+        except Exception as exc:  # a variant that cannot run is a row with its error, as a crash would be
+            traceback.print_exc()
+            result["training"] = {"variant": part, "error": f"{type(exc).__name__}: {str(exc)[-500:]}"}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def run_isolated(part: str, args, workdir: Path) -> dict:
+    """One part in a child process, so that a kernel that kills its CUDA context (or leaks memory) costs
+    only that part and the device run still measures the rest."""
+    part_out = workdir / f"{part}.json"
+    cmd = [sys.executable, __file__, "--part", part, "--out", str(part_out), "--steps", str(args.steps),
+           "--peak-tflops", str(args.peak_tflops), "--profile", ",".join(args.profile), "--profile-dir", args.profile_dir]
+    try:
+        rc = subprocess.run(cmd + (["--dry-run"] if args.dry_run else []), timeout=args.part_timeout).returncode
+        ended = f"exited with status {rc}"
+    except subprocess.TimeoutExpired:
+        ended = f"was stopped after {args.part_timeout} s"
+    if part_out.exists():
+        return json.loads(part_out.read_text())
+    error = f"part {part!r} {ended} and left no result (its output is above)"
+    return {"backends": [{"backend": "all", "ok": False, "error": error}]} if part == "checks" else {"training": {"variant": part, "error": error}}
+
+
+def failures_in(report: dict) -> int:
+    return (sum(not r["ok"] for r in report.get("backends", []))
+            + (report.get("cudnn_self_check", "passed") != "passed")
+            + (not report.get("packed_vs_alone", {}).get("ok", False))
+            + sum("error" in r for r in report.get("attention_speed", []))
+            + sum("error" in r or not r.get("losses_finite") for r in report.get("training", [])))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes, on CPU unless CUDA is there")
@@ -329,80 +402,49 @@ def main() -> int:
     ap.add_argument("--profile", metavar="VARIANTS", type=lambda v: v.split(","), default=["compiled", "compiled_cudnn"],
                     help="write a torch.profiler table of two steps of each of these variants beside --out "
                          "(default: compiled,compiled_cudnn)")
+    ap.add_argument("--part-timeout", type=int, default=300, help="seconds each part may run (default: 300)")
+    ap.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
+    ap.add_argument("--profile-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    unknown = [v for v in args.variants if v not in VARIANTS]
+    unknown = [v for v in args.variants + args.profile if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variants {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not args.dry_run and device.type != "cuda":
+    if not args.dry_run and not torch.cuda.is_available():
         print("no CUDA device: use --dry-run", file=sys.stderr)
         return 2
-    dry = args.dry_run
-    dtype = torch.bfloat16  # on CPU too, so a dry run follows the GPU's dtype flow
-    report = {"torch": torch.__version__, "python": platform.python_version(), "device":
-              torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-              "peak_tflops": args.peak_tflops, "anchor": ANCHOR}
+    if args.part:
+        return run_part(args.part, args)
+
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-
-    def save():
+    args.profile_dir = args.profile_dir or str(out.parent)
+    report = {"peak_tflops": args.peak_tflops, "anchor": ANCHOR, "training": []}
+    with tempfile.TemporaryDirectory() as workdir:
+        report |= run_isolated("checks", args, Path(workdir))
         out.write_text(json.dumps(report, indent=2) + "\n")
-
-    failures = 0
-    report["backends"] = check_backends(device, dtype, seq_len=256 if dry else 8192, n_rows=2, heads=2 if dry else 16,
-                                        head_dim=16 if dry else 128, mean_doc=40 if dry else 1024)
-    failures += sum(not r["ok"] for r in report["backends"])
-    print("## attention backends vs per-document fp32 reference (%s)\n" % dtype)
-    print(table(report["backends"], ["backend", "ok", "out", "dq", "dk", "dv", "error"]) + "\n")
-    save()
-
-    if "cudnn" in available_backends(device):
-        report["cudnn_self_check"] = cudnn_self_check(str(device)) or "passed"
-        print(f"cudnn self-check: {report['cudnn_self_check']}\n")
-
-    best = available_backends(device)[0] if device.type == "cuda" else "sdpa_docs"
-    report["packed_vs_alone"] = check_packed_vs_alone(device, dtype, best, 128 if dry else 4096)
-    failures += not report["packed_vs_alone"]["ok"]
-    print("## packed row vs documents alone\n")
-    print(table([report["packed_vs_alone"]], ["backend", "documents", "max_rel_err", "ok"]) + "\n")
-    save()
-
-    speed_backends = [b for b in available_backends(device) if b in ("flash", "varlen", "cudnn")] or ["sdpa_docs"]
-    report["attention_speed"] = attention_speed(device, speed_backends, seq_len=512 if dry else 16_384,
-                                                heads=2 if dry else 16, head_dim=16 if dry else 128,
-                                                mean_doc=64 if dry else 2048, calls=3 if dry else 10)
-    print("## attention kernels alone (bf16, %s)\n" % ("tiny" if dry else "16,384 tokens, 16 heads x 128"))
-    print(table(report["attention_speed"], ["backend", "layout", "max_rel_err", "fwd_ms", "fwd_bwd_ms", "fwd_tflops",
-                                            "fwd_bwd_tflops", "error"]) + "\n")
-    save()
-
-    report["training"] = []
-    cfg_name, seq_len, mean_doc = ("tiny", 256, 40) if dry else ("proxy-1b", 16_384, 2048)
-    compile_backend = "aot_eager" if dry else "inductor"
-    for name in args.variants:
-        try:
-            profile_to = out.parent / f"profile_{name}.txt" if name in args.profile else None
-            r = train_throughput(device, cfg_name, seq_len, VARIANTS[name], warmup=3, steps=2 if dry else args.steps,
-                                 mean_doc=mean_doc, peak=args.peak_tflops, compile_backend=compile_backend,
-                                 profile_to=profile_to)
-            r["vs_anchor_tokens_per_s"] = round(r["tokens_per_s"] / ANCHOR["tokens_per_s"], 3)
-            failures += not r["losses_finite"]
-        except Exception as exc:
-            traceback.print_exc()
-            r = {"variant": name, "error": f"{type(exc).__name__}: {str(exc)[-500:]}"}
-            failures += 1
-        report["training"].append(r)
-        save()
-        print(f"{name}: " + ", ".join(f"{k} {r.get(k)}" for k in ("step_ms", "tokens_per_s", "mfu", "warmup_s", "graphs", "error") if k in r), flush=True)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-    print("\n## %s training step, %s tokens per row (anchor: %s tok/s, %.1f%% MFU)\n"
-          % (cfg_name, seq_len, ANCHOR["tokens_per_s"], 100 * ANCHOR["mfu"]))
+        print("\n## attention backends vs per-document fp32 reference (bf16)\n")
+        print(table(report["backends"], ["backend", "ok", "out", "dq", "dk", "dv", "error"]) + "\n")
+        if "cudnn_self_check" in report:
+            print(f"cudnn self-check: {report['cudnn_self_check']}\n")
+        if "packed_vs_alone" in report:
+            print("## packed row vs documents alone\n")
+            print(table([report["packed_vs_alone"]], ["backend", "documents", "max_rel_err", "ok"]) + "\n")
+        if "attention_speed" in report:
+            print("## attention kernels alone (bf16, %s)\n" % ("tiny" if args.dry_run else "16,384 tokens, 16 heads x 128"))
+            print(table(report["attention_speed"], ["backend", "layout", "max_rel_err", "fwd_ms", "fwd_bwd_ms",
+                                                    "fwd_tflops", "fwd_bwd_tflops", "error"]) + "\n")
+        for name in args.variants:
+            r = run_isolated(name, args, Path(workdir))["training"]
+            report["training"].append(r)
+            out.write_text(json.dumps(report, indent=2) + "\n")
+            print(f"{name}: " + ", ".join(f"{k} {r.get(k)}" for k in ("step_ms", "tokens_per_s", "mfu", "warmup_s", "graphs", "error") if k in r), flush=True)
+    print("\n## %s training step (anchor: %s tok/s, %.1f%% MFU)\n"
+          % ("tiny, 256 tokens per row (dry run)" if args.dry_run else "proxy-1b, 16,384 tokens per row",
+             ANCHOR["tokens_per_s"], 100 * ANCHOR["mfu"]))
     print(table(report["training"], ["variant", "rows", "docs_per_row", "graphs", "graph_breaks", "warmup_s", "step_ms",
                                      "step_ms_spread", "tokens_per_s", "vs_anchor_tokens_per_s", "tflops", "mfu",
                                      "mfu_6n", "peak_mem_gib", "error"]))
+    failures = failures_in(report)
     print(f"\nwrote {out}; failures: {failures}")
     return 1 if failures else 0
 
