@@ -1,0 +1,29 @@
+"""bench/gpu_check.py runs on a lent GPU for a few minutes at most, so it must not meet its first bug
+there: its dry run (tiny sizes, CPU) goes through every part, each in its own child process."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_dry_run_covers_every_part(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out", str(out),
+                           "--variants", "compiled_cudnn,eager", "--profile", "eager"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [r["backend"] for r in report["backends"]] == ["sdpa_mask", "sdpa_docs"]
+    assert all(r["ok"] for r in report["backends"]) and report["packed_vs_alone"]["ok"]
+    assert {r["layout"] for r in report["attention_speed"]} == {"same layout", "new layout"}
+    assert all(r["max_rel_err"] < 1e-2 for r in report["attention_speed"])
+    rows = {r["variant"]: r for r in report["training"]}
+    assert list(rows) == ["compiled_cudnn", "eager"]
+    assert all(r["losses_finite"] and r["step_ms"] > 0 for r in rows.values())
+    assert rows["compiled_cudnn"]["graphs"] == 1 and rows["compiled_cudnn"]["graph_breaks"] == 0
+    assert (tmp_path / "profile_eager.txt").stat().st_size > 0
+    assert "failures: 0" in proc.stdout
