@@ -211,7 +211,7 @@ def _(q, k, v, cu_seqlens, max_seqlen):
 def _cudnn_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor,
                               max_seqlen: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    unused = q.new_empty(0)  # dropout's random state: no dropout here
+    unused = torch.empty(0, dtype=torch.int64, device=q.device)  # dropout's seed and offset: no dropout here
     dq, dk, dv = torch.ops.aten._cudnn_attention_backward(
         grad_out.contiguous(), q, k, v, out, lse.view(_CUDNN_LSE_SHAPES[(q.shape[0], q.shape[1])]), unused, unused,
         None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, 0.0, True)
