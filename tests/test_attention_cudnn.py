@@ -124,12 +124,21 @@ def test_self_check_reports_a_missing_kernel():
     cudnn_self_check.cache_clear()
 
 
-def test_cudnn_is_never_picked_automatically_and_needs_cuda(monkeypatch):
-    monkeypatch.setattr(attention, "_cudnn_ragged_installed", lambda: True)
+def test_cudnn_needs_cuda_is_never_picked_by_auto_and_must_pass_its_self_check(monkeypatch):
     assert "cudnn" not in attention.available_backends("cpu")
     with pytest.raises(ValueError, match="not available on cpu"):
         select_backend("cpu", "cudnn")
-    assert select_backend("cpu") == "sdpa_docs"
+    # A CUDA machine with cuDNN but neither FlashAttention: "cuda" is only a name here, nothing runs.
+    monkeypatch.setattr(attention, "_cudnn_ragged_installed", lambda: True)
+    monkeypatch.setattr(attention, "_torch_varlen", lambda: None)
+    monkeypatch.setattr(attention, "_flash_attn_varlen", lambda: None)
+    assert attention.available_backends("cuda")[0] == "cudnn"
+    assert select_backend("cuda") == "sdpa_docs"
+    monkeypatch.setattr(attention, "cudnn_self_check", lambda device: "dq differs (relative error 0.9)")
+    with pytest.raises(ValueError, match="failed its self-check on cuda: dq differs"):
+        select_backend("cuda", "cudnn")
+    monkeypatch.setattr(attention, "cudnn_self_check", lambda device: None)
+    assert select_backend("cuda", "cudnn") == "cudnn"
 
 
 def test_compiled_model_on_cudnn_trains_as_on_sdpa_docs(cpu_cudnn):
