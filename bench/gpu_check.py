@@ -169,8 +169,7 @@ def attention_speed(device, backends: list[str], seq_len: int, heads: int, head_
     ref_grads = torch.autograd.grad(ref, ref_in, grad.float())
 
     def fwd_flops(layout):
-        bounds = layout.boundaries
-        return 4 * head_dim * heads * sum((b - a) * (b - a + 1) // 2 for a, b in zip(bounds, bounds[1:]))
+        return 4 * head_dim * heads * layout.causal_pairs()
 
     def timed(fn) -> float:
         if on_gpu:

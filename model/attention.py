@@ -72,6 +72,11 @@ class DocumentLayout:
         return dataclasses.replace(self, cu_seqlens=self.cu_seqlens.to(device, non_blocking=True),
                                    positions=self.positions.to(device, non_blocking=True))
 
+    def causal_pairs(self) -> int:
+        """(query, key) pairs the causal in-document attention computes: n(n+1)/2 per segment."""
+        bounds = self.boundaries
+        return sum((b - a) * (b - a + 1) // 2 for a, b in zip(bounds, bounds[1:]))
+
     def segment_ids(self) -> torch.Tensor:
         """(batch_size, seq_len) index of each token's segment: equal ids may attend to each other."""
         lengths = self.cu_seqlens[1:] - self.cu_seqlens[:-1]

@@ -174,7 +174,5 @@ class Transformer(nn.Module):
         (query, key) pair in the forward, times 3 with the backward, over the causal pairs within
         each document only, which is what the varlen kernels compute.
         """
-        bounds = layout.boundaries
-        pairs = sum((b - a) * (b - a + 1) // 2 for a, b in zip(bounds, bounds[1:]))
-        dense = 6 * self.num_params(exclude_embedding=True) * bounds[-1]
-        return dense + 12 * self.cfg.n_layers * self.cfg.d_model * pairs
+        dense = 6 * self.num_params(exclude_embedding=True) * layout.boundaries[-1]
+        return dense + 12 * self.cfg.n_layers * self.cfg.d_model * layout.causal_pairs()

@@ -46,6 +46,7 @@ def test_layout_positions_restart_and_padding_is_its_own_segment():
     assert layout.positions.tolist() == [0, 1, 2, 0, 1, 0, 0, 1, 2, 3, 4, 5]
     assert layout.max_seqlen == 6
     assert layout.segment_ids().tolist() == [[0, 0, 0, 1, 1, 2], [3, 3, 3, 3, 3, 3]]
+    assert layout.causal_pairs() == 6 + 3 + 1 + 21  # n(n+1)/2 per segment, padding included
 
 
 @pytest.mark.parametrize("cu", [[1, 4], [0, 4, 4], [0, 9]])
