@@ -12,7 +12,8 @@ batches are synthetic packed rows of several documents, so no shard files travel
 4. `proxy-1b` at 16,384 tokens per row: training steps (bf16 autocast over fp32 weights, fused AdamW,
    grad clipping) in variants side by side (`--variants`): `torch.compile` of the whole model with
    the default (`varlen`) or the cuDNN attention, on one document layout or a new one every step,
-   one or two rows per step, and on request eager - the anchor's setup -, the chunked loss, compiled
+   one or two rows per forward pass, one or four forward passes per optimizer step (gradient
+   accumulation, as `--grad-accum`), and on request eager - the anchor's setup -, the chunked loss, compiled
    blocks and inductor's max-autotune (minutes of GEMM autotuning): tokens/s and MFU against 990
    TFLOP/s dense bf16, Dynamo graph counts, and profiler tables of chosen variants (`--profile`).
 
@@ -47,6 +48,7 @@ from model.attention import DocumentLayout, attention_kernel, available_backends
 from model.config import preset  # noqa: E402
 from model.data import collate  # noqa: E402
 from model.model import Transformer  # noqa: E402
+from model.train import train_step  # noqa: E402
 
 ANCHOR = {"name": "eager 1.22B llama-like, varlen_attn, fused AdamW (measured earlier on this H200 kind)",
           "tokens_per_s": 55_900, "mfu": 0.425}
@@ -220,12 +222,14 @@ class Variant:
     `mode`) or "blocks" (each transformer block on its own, as torchtitan does). `new_layouts`: every
     step packs other documents, as in training (the warm-up steps let Dynamo make the document count
     dynamic; a kernel that sets up per layout pays for it in the timed steps); otherwise all steps
-    share one layout and only the tokens change."""
+    share one layout and only the tokens change. `rows` per forward pass, `accum` forward passes per
+    optimizer step (the training loop's own `train_step`)."""
 
     name: str
     compile: str | None = None
     mode: str | None = None
     rows: int = 1
+    accum: int = 1
     loss_chunk: int = 0
     attention: str = "auto"
     new_layouts: bool = False
@@ -239,6 +243,8 @@ VARIANTS = {v.name: v for v in (
     Variant("compiled_new", compile="model", new_layouts=True),
     Variant("compiled_cudnn_new", compile="model", attention="cudnn", new_layouts=True),
     Variant("compiled_cudnn_rows2", compile="model", rows=2, attention="cudnn"),
+    Variant("compiled_new_accum4", compile="model", accum=4, new_layouts=True),
+    Variant("compiled_cudnn_new_accum4", compile="model", accum=4, attention="cudnn", new_layouts=True),
     Variant("compiled_chunk", compile="model", loss_chunk=4096),
     Variant("compiled_blocks", compile="blocks"),
     Variant("compiled_autotune", compile="model", mode="max-autotune-no-cudagraphs"),
@@ -268,17 +274,14 @@ def train_throughput(device, cfg_name: str, seq_len: int, variant: Variant, warm
     model = Transformer(model_cfg, backend, loss_chunk=variant.loss_chunk).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=on_gpu)
     step_fn = compile_model(model, variant, compile_backend)
-    n_rows = (warmup + steps if variant.new_layouts else 4) * variant.rows
+    n_rows = (warmup + steps if variant.new_layouts else 4) * variant.rows * variant.accum
     rows = synthetic_rows(n_rows, seq_len, model_cfg.vocab_size, mean_doc, seed=5, one_layout=not variant.new_layouts)
-    batches = [collate(rows[i:i + variant.rows], eos_id=2).to(device) for i in range(0, len(rows), variant.rows)]
+    micro = [collate(rows[i:i + variant.rows], eos_id=2).to(device) for i in range(0, len(rows), variant.rows)]
+    batches = [micro[i:i + variant.accum] for i in range(0, len(micro), variant.accum)]  # one list per step
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16)
 
-    def step(batch) -> float:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = step_fn(batch.input_ids, batch.layout, batch.labels)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def step(micro_batches) -> float:
+        loss, _ = train_step(step_fn, model, optimizer, micro_batches, grad_clip=1.0, autocast=autocast)
         return loss.item()  # synchronises
 
     times, losses = [], []
@@ -293,11 +296,12 @@ def train_throughput(device, cfg_name: str, seq_len: int, variant: Variant, warm
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
-    tokens = variant.rows * seq_len
-    flops = statistics.mean(model.training_flops(b.layout) for b in batches)
+    tokens = variant.rows * variant.accum * seq_len
+    flops = statistics.mean(model.training_flops(b.layout) for b in micro) * variant.accum
     result = {
         "variant": variant.name, "preset": cfg_name, "params": model.num_params(), "rows": variant.rows,
-        "seq_len": seq_len, "docs_per_row": statistics.mean(len(b.layout.boundaries) - 1 for b in batches) / variant.rows,
+        "accum": variant.accum, "seq_len": seq_len,
+        "docs_per_row": statistics.mean(len(b.layout.boundaries) - 1 for b in micro) / variant.rows,
         "backend": backend, "graphs": counters["stats"]["unique_graphs"],
         "graph_breaks": sum(counters["graph_break"].values()), "warmup_s": round(t_compile, 1),
         "step_ms": round(step_s * 1e3, 1), "step_ms_spread": round((max(times) - min(times)) * 1e3, 1),
@@ -401,13 +405,15 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "bench/results"), "gpu_check.json"))
     ap.add_argument("--peak-tflops", type=float, default=990.0)
     ap.add_argument("--steps", type=int, default=10)
-    default_variants = ["compiled", "compiled_cudnn", "compiled_new", "compiled_cudnn_new", "compiled_cudnn_rows2"]
+    default_variants = ["compiled", "compiled_new", "compiled_cudnn_new", "compiled_new_accum4",
+                        "compiled_cudnn_new_accum4"]
     ap.add_argument("--variants", type=lambda v: v.split(","), default=default_variants,
                     help=f"training variants, in order (default: {','.join(default_variants)}, ~5 minutes on an "
                          f"H200); any of {', '.join(VARIANTS)}")
-    ap.add_argument("--profile", metavar="VARIANTS", type=lambda v: v.split(","), default=["compiled", "compiled_cudnn"],
+    default_profiles = ["compiled_new", "compiled_cudnn_new"]
+    ap.add_argument("--profile", metavar="VARIANTS", type=lambda v: v.split(","), default=default_profiles,
                     help="write a torch.profiler table of two steps of each of these variants beside --out "
-                         "(default: compiled,compiled_cudnn)")
+                         f"(default: {','.join(default_profiles)})")
     ap.add_argument("--part-timeout", type=int, default=300, help="seconds each part may run (default: 300)")
     ap.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
     ap.add_argument("--profile-dir", help=argparse.SUPPRESS)
@@ -447,7 +453,7 @@ def main() -> int:
     print("\n## %s training step (anchor: %s tok/s, %.1f%% MFU)\n"
           % ("tiny, 256 tokens per row (dry run)" if args.dry_run else "proxy-1b, 16,384 tokens per row",
              ANCHOR["tokens_per_s"], 100 * ANCHOR["mfu"]))
-    print(table(report["training"], ["variant", "rows", "docs_per_row", "graphs", "graph_breaks", "warmup_s", "step_ms",
+    print(table(report["training"], ["variant", "rows", "accum", "docs_per_row", "graphs", "graph_breaks", "warmup_s", "step_ms",
                                      "step_ms_spread", "tokens_per_s", "vs_anchor_tokens_per_s", "tflops", "mfu",
                                      "mfu_6n", "peak_mem_gib", "error"]))
     failures = failures_in(report)

@@ -29,7 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="tiny", choices=list(PRESETS), help="model shape (default: tiny)")
     p.add_argument("--steps", type=int, default=20,
                    help="optimizer steps in total, resumed ones included (default: 20)")
-    p.add_argument("--batch-size", type=int, default=1, help="packed rows per process per step (default: 1)")
+    p.add_argument("--batch-size", type=int, default=1, help="packed rows per process per forward pass (default: 1)")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="forward passes per process per optimizer step, gradients accumulated: a step trains on "
+                        "batch-size x grad-accum rows per process with one batch-size's activation memory (default: 1)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default: a tenth of --steps)")
     p.add_argument("--seed", type=int, default=0, help="seeds weights and data order (default: 0)")
@@ -71,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     if args.fsdp and not args.ray and not under_torchrun and args.nproc < 2:
         raise ConfigError("--fsdp shards across processes: use --nproc >= 2, --ray or torchrun")
     cfg = TrainConfig(
-        shards=args.shards, preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        shards=args.shards, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, lr=args.lr,
         warmup_steps=args.warmup_steps, seed=args.seed, fsdp=args.fsdp, attention=args.attention,
         compile=args.compile, loss_chunk=args.loss_chunk, checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every, resume=args.resume, log_every=args.log_every,

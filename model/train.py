@@ -26,8 +26,8 @@ import torch.distributed as dist
 
 from model.attention import select_backend
 from model.config import preset
-from model.data import BatchOrder, collate
-from model.model import Transformer
+from model.data import Batch, BatchOrder, collate
+from model.model import IGNORE_INDEX, Transformer
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ class TrainConfig:
     shards: str
     preset: str = "tiny"
     steps: int = 20
-    batch_size: int = 1  # packed rows per rank per step
+    batch_size: int = 1  # packed rows per rank per forward pass (micro-batch)
+    grad_accum: int = 1  # micro-batches per rank per optimizer step
     lr: float = 1e-3
     warmup_steps: Optional[int] = None  # None: a tenth of the steps
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
@@ -63,7 +64,7 @@ class TrainConfig:
 
         if self.loss_chunk is not None and self.loss_chunk < 0:
             raise ConfigError(f"smoke-train loss_chunk must be >= 0, got {self.loss_chunk}")
-        for name in ("steps", "batch_size", "log_every"):
+        for name in ("steps", "batch_size", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"smoke-train {name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -164,6 +165,13 @@ def _replicas_in_sync(model: torch.nn.Module, world: World) -> Optional[bool]:
     return all(bool(torch.equal(g, gathered[0])) for g in gathered)
 
 
+def _data_order_keys(cfg: TrainConfig, world: World) -> dict:
+    """What a checkpoint must share with the run that resumes it: the model, and what decides which
+    rows each step reads."""
+    return {"preset": cfg.preset, "seed": cfg.seed, "world_size": world.world_size,
+            "rows_per_step": cfg.batch_size * cfg.grad_accum}
+
+
 def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, world: World) -> None:
     """A `torch.distributed.checkpoint` directory, written under a temporary name and renamed."""
     import torch.distributed.checkpoint as dcp
@@ -175,8 +183,7 @@ def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, w
     if world.distributed:
         dist.barrier()
     if world.rank == 0:
-        (tmp / TRAIN_STATE).write_text(json.dumps({"step": step, "preset": cfg.preset, "seed": cfg.seed,
-                                                   "world_size": world.world_size}) + "\n")
+        (tmp / TRAIN_STATE).write_text(json.dumps({"step": step, **_data_order_keys(cfg, world)}) + "\n")
         if path.exists():
             import shutil
 
@@ -198,16 +205,48 @@ def load_checkpoint(path: Path, model, optimizer, cfg: TrainConfig, world: World
     if not state_file.is_file():
         raise ConfigError(f"--resume {path}: not a smoke-train checkpoint (no {TRAIN_STATE})")
     state = json.loads(state_file.read_text())
-    for key in ("preset", "seed", "world_size"):
-        have = {"preset": cfg.preset, "seed": cfg.seed, "world_size": world.world_size}[key]
-        if state[key] != have:
-            raise ConfigError(f"--resume {path}: checkpoint has {key}={state[key]!r}, this run {have!r}")
+    for key, have in _data_order_keys(cfg, world).items():
+        if state.get(key) != have:
+            raise ConfigError(f"--resume {path}: checkpoint has {key}={state.get(key)!r}, this run {have!r}")
     model_sd, optim_sd = get_state_dict(model, optimizer)
     sd = {"model": model_sd, "optim": optim_sd}
     dcp.load(sd, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     log.info("resumed from %s at step %d", path, state["step"])
     return int(state["step"])
+
+
+def _gradient_sync(model: torch.nn.Module, enabled: bool):
+    """Whether this backward reduces gradients across ranks: only a step's last micro-batch needs to."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel) and not enabled:
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(enabled)
+    return contextlib.nullcontext()
+
+
+def train_step(step_fn, model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list[Batch],
+               grad_clip: float, autocast=contextlib.nullcontext()) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over `micro_batches`, gradients accumulated; returns (loss, grad norm) on the device.
+
+    Each micro-batch's mean loss is weighted by its share of the step's targets, so the step computes
+    exactly the loss and gradients of one batch of all their rows, while only one micro-batch's
+    activations are alive at a time. Accumulating also spreads the optimizer and clipping (a
+    bandwidth-bound pass over all weights) over more tokens. `step_fn` is the (possibly compiled)
+    `model`; `model` is what DDP or FSDP2 wrapped. Nothing here waits for the device.
+    """
+    targets = [(b.labels != IGNORE_INDEX).sum() for b in micro_batches]
+    total = torch.stack(targets).sum().clamp(min=1)
+    loss = torch.zeros((), device=micro_batches[0].input_ids.device)
+    for i, (batch, n) in enumerate(zip(micro_batches, targets)):
+        with _gradient_sync(model, enabled=i == len(micro_batches) - 1), autocast:
+            part = step_fn(batch.input_ids, batch.layout, batch.labels) * (n / total)
+        part.backward()
+        loss += part.detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -221,7 +260,7 @@ def train(cfg: TrainConfig) -> dict:
     for key in ("vocab_size", "eos_id"):
         if manifest.get(key) is None:
             raise ConfigError(f"{cfg.shards}/manifest.json has no {key!r}")
-    order = BatchOrder(len(dataset), cfg.batch_size, cfg.seed)
+    order = BatchOrder(len(dataset), cfg.batch_size * cfg.grad_accum, cfg.seed)
 
     try:
         backend = select_backend(world.device, cfg.attention)
@@ -251,18 +290,16 @@ def train(cfg: TrainConfig) -> dict:
     meter = Throughput(world.world_size, cfg.peak_tflops, with_mfu=on_gpu)
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
-        batch = collate([dataset[i] for i in order.indices(step)], int(manifest["eos_id"])).to(world.device)
+        rows = [dataset[i] for i in order.indices(step)]
+        micro_batches = [collate(rows[i:i + cfg.batch_size], int(manifest["eos_id"])).to(world.device)
+                         for i in range(0, len(rows), cfg.batch_size)]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, step)
-        with autocast:
-            loss = step_fn(batch.input_ids, batch.layout, batch.labels)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(_mean_across_ranks(float(loss.detach()), world))  # also synchronises the device
+        loss, grad_norm = train_step(step_fn, model, optimizer, micro_batches, cfg.grad_clip, autocast)
+        losses.append(_mean_across_ranks(float(loss), world))  # also synchronises the device
         # The first step pays for start-up and compilation: time from the second on (if there is one).
-        rate = meter.add(batch.input_ids.numel(), flops_model.training_flops(batch.layout),
+        rate = meter.add(sum(b.input_ids.numel() for b in micro_batches),
+                         sum(flops_model.training_flops(b.layout) for b in micro_batches),
                          time.perf_counter() - t0, timed=step > start or cfg.steps - start == 1)
         if world.rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps - 1):
             norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # DTensor (FSDP)

@@ -7,13 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_check_dry_run_covers_every_part(tmp_path):
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out", str(out),
-                           "--variants", "compiled_cudnn_new,eager", "--profile", "eager"],
+                           "--variants", "compiled_cudnn_new_accum4,eager", "--profile", "eager"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -22,9 +24,12 @@ def test_gpu_check_dry_run_covers_every_part(tmp_path):
     assert {r["layout"] for r in report["attention_speed"]} == {"same layout", "new layout"}
     assert all(r["max_rel_err"] < 1e-2 for r in report["attention_speed"])
     rows = {r["variant"]: r for r in report["training"]}
-    assert list(rows) == ["compiled_cudnn_new", "eager"]
+    assert list(rows) == ["compiled_cudnn_new_accum4", "eager"]
     assert all(r["losses_finite"] and r["step_ms"] > 0 for r in rows.values())
-    # a new layout every step: one recompile with the document count made dynamic, then no more
-    assert rows["compiled_cudnn_new"]["graphs"] <= 2 and rows["compiled_cudnn_new"]["graph_breaks"] == 0
+    accum = rows["compiled_cudnn_new_accum4"]
+    # a new layout every forward pass: one recompile with the document count made dynamic, then no more
+    assert accum["graphs"] <= 2 and accum["graph_breaks"] == 0
+    # four 256-token rows per optimizer step: tokens/s counts all of them
+    assert accum["accum"] == 4 and accum["tokens_per_s"] == pytest.approx(4 * 256 / (accum["step_ms"] / 1e3), rel=0.01)
     assert (tmp_path / "profile_eager.txt").stat().st_size > 0
     assert "failures: 0" in proc.stdout

@@ -72,11 +72,30 @@ def test_fsdp_matches_ddp_and_resume_matches_uninterrupted(ddp_run, shards, tmp_
     assert resumed["losses"] == pytest.approx(full["losses"][3:], rel=1e-6)
 
 
-def test_resume_refuses_another_seed(shards, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def two_rows_per_step(shards):
+    """Reference runs that read two rows per rank per step in one forward pass: one process, and DDP."""
+    return {nproc: smoke_train("--shards", str(shards), "--steps", "3", "--nproc", nproc, "--batch-size", "2")[0]
+            for nproc in ("1", "2")}
+
+
+@pytest.mark.parametrize("launch", [["--nproc", "1"], ["--nproc", "2"], ["--nproc", "2", "--fsdp"]],
+                         ids=["one-process", "ddp", "fsdp"])
+def test_gradient_accumulation_equals_one_larger_batch(shards, two_rows_per_step, launch):
+    """Two micro-batches of one row train exactly as one batch of two rows: same rows, same losses, and
+    (DDP, FSDP2) gradients reduced across ranks once per step, so replicas stay in sync."""
+    accum, _ = smoke_train("--shards", str(shards), "--steps", "3", "--batch-size", "1", "--grad-accum", "2", *launch)
+    reference = two_rows_per_step[launch[1]]
+    assert accum["losses"] == pytest.approx(reference["losses"], rel=1e-5)
+    assert accum["replicas_in_sync"] is (True if launch == ["--nproc", "2"] else None)
+
+
+@pytest.mark.parametrize("change, named", [(["--seed", "1"], "seed"), (["--grad-accum", "2"], "rows_per_step")])
+def test_resume_refuses_another_data_order(shards, tmp_path, capsys, change, named):
     assert xdp_main(["smoke-train", "--shards", str(shards), "--steps", "2", "--checkpoint-dir", str(tmp_path)]) == 0
-    code = xdp_main(["smoke-train", "--shards", str(shards), "--steps", "4", "--seed", "1",
+    code = xdp_main(["smoke-train", "--shards", str(shards), "--steps", "4", *change,
                      "--resume", str(tmp_path / "step-2")])
-    assert code == 2 and "seed" in capsys.readouterr().err
+    assert code == 2 and named in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -84,6 +103,7 @@ def test_resume_refuses_another_seed(shards, tmp_path, capsys):
     (["--fsdp"], "--fsdp"),
     (["--attention", "xformers"], "--attention"),
     (["--steps", "0"], "steps"),
+    (["--grad-accum", "0"], "grad_accum"),
     (["--resume", "{missing}"], "no such checkpoint"),
 ])
 def test_bad_input_is_a_clean_config_error(shards, tmp_path, capsys, args, message):
