@@ -151,9 +151,12 @@ class Transformer(nn.Module):
             return self.logits(x).view(b, n, -1)
         labels = labels.reshape(-1)
         if not self.loss_chunk:
-            return F.cross_entropy(self.logits(x).float(), labels, ignore_index=IGNORE_INDEX)
-        total = sum(checkpoint(self._loss_sum, x[i:i + self.loss_chunk], labels[i:i + self.loss_chunk],
-                               use_reentrant=False) for i in range(0, x.shape[0], self.loss_chunk))
+            total = self._loss_sum(x, labels)
+        else:
+            total = sum(checkpoint(self._loss_sum, x[i:i + self.loss_chunk], labels[i:i + self.loss_chunk],
+                                   use_reentrant=False) for i in range(0, x.shape[0], self.loss_chunk))
+        # A batch without targets (all masked) has loss 0, not cross_entropy's NaN mean: it must not
+        # poison the gradients of the other micro-batches of its step.
         return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

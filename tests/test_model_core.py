@@ -183,6 +183,28 @@ def test_chunked_loss_equals_full_loss_and_gradients():
         torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("chunk", [0, 24])
+def test_a_micro_batch_without_targets_changes_nothing(chunk):
+    """All-masked labels give loss 0 (not a NaN mean), so such a micro-batch leaves its step as it was."""
+    from model.data import Batch
+    from model.train import train_step
+
+    real = collate(rows_with([[30, 20], [64]], seq_len=64, vocab=512), eos_id=2)
+    other = collate(rows_with([[64]], seq_len=64, vocab=512, seed=1), eos_id=2)
+    empty = Batch(other.input_ids, torch.full_like(other.labels, IGNORE_INDEX), other.layout)
+    results = []
+    for micro_batches in ([real], [real, empty]):
+        model = tiny_model()
+        model.loss_chunk = chunk
+        assert float(model(empty.input_ids, empty.layout, empty.labels)) == 0.0
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        loss, norm = train_step(model, model, optimizer, micro_batches, grad_clip=1.0)
+        results.append((loss, norm, model.lm_head.weight.detach().clone()))
+    for alone, with_empty in zip(*results):
+        assert torch.isfinite(with_empty).all()
+        torch.testing.assert_close(with_empty, alone, rtol=1e-6, atol=1e-8)
+
+
 @pytest.mark.parametrize("backend", available_backends("cpu"))
 def test_bf16_autocast_forward_keeps_attention_inputs_in_one_dtype(backend):
     """Under autocast the projections are bf16 while rotary tables are fp32: q and k must come back as bf16."""
