@@ -399,6 +399,11 @@ def failures_in(report: dict) -> int:
             + sum("error" in r or not r.get("losses_finite") for r in report.get("training", [])))
 
 
+def names(text: str) -> list[str]:
+    """A comma-separated list of variant names; "" is none."""
+    return [name for name in text.split(",") if name]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes, on CPU unless CUDA is there")
@@ -407,13 +412,13 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10)
     default_variants = ["compiled", "compiled_new", "compiled_cudnn_new", "compiled_new_accum4",
                         "compiled_cudnn_new_accum4"]
-    ap.add_argument("--variants", type=lambda v: v.split(","), default=default_variants,
+    ap.add_argument("--variants", type=names, default=default_variants,
                     help=f"training variants, in order (default: {','.join(default_variants)}, ~5 minutes on an "
                          f"H200); any of {', '.join(VARIANTS)}")
     default_profiles = ["compiled_new", "compiled_cudnn_new"]
-    ap.add_argument("--profile", metavar="VARIANTS", type=lambda v: v.split(","), default=default_profiles,
+    ap.add_argument("--profile", metavar="VARIANTS", type=names, default=default_profiles,
                     help="write a torch.profiler table of two steps of each of these variants beside --out "
-                         f"(default: {','.join(default_profiles)})")
+                         f"(default: {','.join(default_profiles)}; \"\" for none)")
     ap.add_argument("--part-timeout", type=int, default=300, help="seconds each part may run (default: 300)")
     ap.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
     ap.add_argument("--profile-dir", help=argparse.SUPPRESS)
