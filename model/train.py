@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -131,9 +132,12 @@ def _wrap(model: Transformer, cfg: TrainConfig, world: World) -> torch.nn.Module
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        # The only buffers are the rotary tables, the same on every rank: nothing to broadcast each step.
-        return DistributedDataParallel(model, device_ids=[world.local_rank] if on_gpu else None,
-                                       broadcast_buffers=False)
+        # The only buffers are the rotary tables, the same on every rank: nothing to send each step.
+        # torch 2.13 renamed the switch (and deprecated the old name); older versions only know the old one.
+        no_buffer_sync = ({"forward_sync_buffers": False}
+                          if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                          else {"broadcast_buffers": False})
+        return DistributedDataParallel(model, device_ids=[world.local_rank] if on_gpu else None, **no_buffer_sync)
     return model
 
 
