@@ -190,7 +190,9 @@ def _cudnn(q, k, v, layout):
 # ragged offsets. The aten ops have no meta kernels, so each is wrapped in a custom op: torch.compile
 # keeps it opaque and autograd reaches cuDNN's own backward. The op's logsumexp layout has changed
 # between torch versions ((T, heads, 1), later (heads, T)), so it travels flat and the backward views
-# it in the shape the forward produced.
+# it in the shape the forward produced. Both ops have the same schema in torch 2.11 and 2.13, and
+# torch 2.11's own `varlen_attn` makes this forward call in a cuDNN path it keeps switched off: one
+# more reason for the self-check.
 _CUDNN_LSE_SHAPES: dict[tuple[int, int], torch.Size] = {}
 
 
