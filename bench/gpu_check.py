@@ -1,7 +1,9 @@
 """GPU check of the model: attention backends in bf16, and proxy-1b training throughput and MFU.
 
-One script for one short device run (< 5 minutes on one H200). Needs only torch (and this repo):
-batches are synthetic packed rows of several documents, so no shard files travel. Four parts:
+One script for one short device run (the default variants: an estimated 5-6 minutes on one H200,
+mostly compiling; not yet timed since the cuDNN and accumulation variants were added). Needs only
+torch (and this repo): batches are synthetic packed rows of several documents, so no shard files
+travel. Four parts:
 
 1. every attention backend available on CUDA against a per-document fp32 reference, forward and
    gradients, on a random document layout (and the self-check that `--attention cudnn` runs);
@@ -413,8 +415,8 @@ def main() -> int:
     default_variants = ["compiled", "compiled_new", "compiled_cudnn_new", "compiled_new_accum4",
                         "compiled_cudnn_new_accum4"]
     ap.add_argument("--variants", type=names, default=default_variants,
-                    help=f"training variants, in order (default: {','.join(default_variants)}, ~5 minutes on an "
-                         f"H200); any of {', '.join(VARIANTS)}")
+                    help=f"training variants, in order (default: {','.join(default_variants)}, an estimated 5-6 "
+                         f"minutes on an H200); any of {', '.join(VARIANTS)}")
     default_profiles = ["compiled_new", "compiled_cudnn_new"]
     ap.add_argument("--profile", metavar="VARIANTS", type=names, default=default_profiles,
                     help="write a torch.profiler table of two steps of each of these variants beside --out "
