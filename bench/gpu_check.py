@@ -1,6 +1,6 @@
 """GPU check of the model: attention backends in bf16, and proxy-1b training throughput and MFU.
 
-One script for one short device run (the default variants: an estimated 5-6 minutes on one H200,
+One script for one short device run (the default variants: an estimated 4-5 minutes on one H200,
 mostly compiling; not yet timed since the cuDNN and accumulation variants were added). Needs only
 torch (and this repo): batches are synthetic packed rows of several documents, so no shard files
 travel. Four parts:
@@ -50,7 +50,7 @@ from model.attention import DocumentLayout, attention_kernel, available_backends
 from model.config import preset  # noqa: E402
 from model.data import collate  # noqa: E402
 from model.model import Transformer  # noqa: E402
-from model.train import train_step  # noqa: E402
+from model.train import compile_packed, train_step  # noqa: E402
 
 ANCHOR = {"name": "eager 1.22B llama-like, varlen_attn, fused AdamW (measured earlier on this H200 kind)",
           "tokens_per_s": 55_900, "mfu": 0.425}
@@ -221,11 +221,11 @@ def attention_speed(device, backends: list[str], seq_len: int, heads: int, head_
 @dataclass(frozen=True)
 class Variant:
     """One way to run the training step. `compile`: None (eager), "model" (the whole model, with
-    `mode`) or "blocks" (each transformer block on its own, as torchtitan does). `new_layouts`: every
-    step packs other documents, as in training (the warm-up steps let Dynamo make the document count
-    dynamic; a kernel that sets up per layout pays for it in the timed steps); otherwise all steps
-    share one layout and only the tokens change. `rows` per forward pass, `accum` forward passes per
-    optimizer step (the training loop's own `train_step`)."""
+    `mode`) or "blocks" (each transformer block on its own, as torchtitan does), both through the
+    training loop's `compile_packed` (one graph for every document layout). `new_layouts`: every step
+    packs other documents, as in training (a kernel that sets up per layout pays for it in the timed
+    steps); otherwise all steps share one layout and only the tokens change. `rows` per forward pass,
+    `accum` forward passes per optimizer step (the training loop's own `train_step`)."""
 
     name: str
     compile: str | None = None
@@ -257,10 +257,10 @@ def compile_model(model: Transformer, variant: Variant, compile_backend: str):
     """The callable a training step runs: the model itself, compiled whole, or with compiled blocks."""
     mode = variant.mode if compile_backend == "inductor" else None  # modes are inductor's
     if variant.compile == "model":
-        return torch.compile(model, backend=compile_backend, mode=mode)
+        return compile_packed(model, backend=compile_backend, mode=mode)
     if variant.compile == "blocks":
-        for layer in model.layers:
-            layer.compile(backend=compile_backend, mode=mode)
+        for i, layer in enumerate(model.layers):
+            model.layers[i] = compile_packed(layer, backend=compile_backend, mode=mode)
     return model
 
 
@@ -415,7 +415,7 @@ def main() -> int:
     default_variants = ["compiled", "compiled_new", "compiled_cudnn_new", "compiled_new_accum4",
                         "compiled_cudnn_new_accum4"]
     ap.add_argument("--variants", type=names, default=default_variants,
-                    help=f"training variants, in order (default: {','.join(default_variants)}, an estimated 5-6 "
+                    help=f"training variants, in order (default: {','.join(default_variants)}, an estimated 4-5 "
                          f"minutes on an H200); any of {', '.join(VARIANTS)}")
     default_profiles = ["compiled_new", "compiled_cudnn_new"]
     ap.add_argument("--profile", metavar="VARIANTS", type=names, default=default_profiles,

@@ -162,3 +162,32 @@ def test_compiled_model_on_cudnn_trains_as_on_sdpa_docs(cpu_cudnn):
     torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
     for g, w in zip(grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_packed_builds_one_graph_for_every_document_layout(cpu_cudnn):
+    """Each batch packs other documents (their count and the longest change): one graph from the first
+    step on, not a graph for the first layout that the second batch throws away for a second compile."""
+    from torch._dynamo.utils import counters
+
+    from model.config import preset
+    from model.data import collate
+    from model.model import Transformer
+    from model.train import LAYOUT_SOURCES, compile_packed
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = Transformer(preset("tiny", vocab_size=300, max_seq_len=64), "cudnn")
+    shapes = set()
+    with torch.compiler.config.patch(dynamic_sources="L['x']"):  # the user's own, kept
+        step = compile_packed(model, backend="aot_eager")
+        compile_packed(model, backend="aot_eager")
+        assert torch.compiler.config.dynamic_sources == f"L['x'],{LAYOUT_SOURCES}"
+        for r, cu in enumerate([[0, 9, 40, 64], [0, 30], [0, 5, 6, 20, 50], [0, 64]]):
+            row = {"input_ids": torch.randint(3, 300, (64,), generator=torch.Generator().manual_seed(r)),
+                   "cu_seqlens": torch.tensor(cu, dtype=torch.int32)}
+            batch = collate([row], eos_id=2)
+            shapes.add((len(batch.layout.cu_seqlens), batch.layout.max_seqlen))
+            step(batch.input_ids, batch.layout, batch.labels).backward()
+    assert len(shapes) == 4
+    assert counters["stats"]["unique_graphs"] == 1
