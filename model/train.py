@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -176,6 +177,16 @@ def _data_order_keys(cfg: TrainConfig, world: World) -> dict:
             "rows_per_step": cfg.batch_size * cfg.grad_accum}
 
 
+@contextlib.contextmanager
+def _quiet_single_process_dcp(world: World):
+    """`torch.distributed.checkpoint` warns on every save and load without a process group that it
+    assumes one process. In a one-process run that is the intent, so the warning is only noise."""
+    with warnings.catch_warnings():
+        if not world.distributed:
+            warnings.filterwarnings("ignore", message=r"torch\.distributed is .*single process", category=UserWarning)
+        yield
+
+
 def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, world: World) -> None:
     """A `torch.distributed.checkpoint` directory, written under a temporary name and renamed."""
     import torch.distributed.checkpoint as dcp
@@ -183,7 +194,8 @@ def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, w
 
     tmp = path.with_name(path.name + ".tmp")
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    with _quiet_single_process_dcp(world):
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
     if world.distributed:
         dist.barrier()
     if world.rank == 0:
@@ -214,7 +226,8 @@ def load_checkpoint(path: Path, model, optimizer, cfg: TrainConfig, world: World
             raise ConfigError(f"--resume {path}: checkpoint has {key}={state.get(key)!r}, this run {have!r}")
     model_sd, optim_sd = get_state_dict(model, optimizer)
     sd = {"model": model_sd, "optim": optim_sd}
-    dcp.load(sd, checkpoint_id=str(path))
+    with _quiet_single_process_dcp(world):
+        dcp.load(sd, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     log.info("resumed from %s at step %d", path, state["step"])
     return int(state["step"])

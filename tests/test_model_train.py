@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mixing.shards import write_shards
-from model.train import TrainConfig, loss_fell, lr_at
+from model.train import TrainConfig, loss_fell, lr_at, train
 from pipeline.cli import main as xdp_main
 
 SEQ_LEN, VOCAB = 256, 512
@@ -96,6 +96,16 @@ def test_resume_refuses_another_data_order(shards, tmp_path, capsys, change, nam
     code = xdp_main(["smoke-train", "--shards", str(shards), "--steps", "4", *change,
                      "--resume", str(tmp_path / "step-2")])
     assert code == 2 and named in capsys.readouterr().err
+
+
+def test_one_process_checkpoint_and_resume_without_warnings(shards, tmp_path):
+    """One process is the intended case, so DCP's "assuming ... a single process" warning is noise."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(TrainConfig(shards=str(shards), steps=2, checkpoint_dir=str(tmp_path)))
+        assert train(TrainConfig(shards=str(shards), steps=3, resume=str(tmp_path / "step-2")))["steps"] == 1
 
 
 @pytest.mark.parametrize("args, message", [
