@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -244,13 +245,39 @@ def _cudnn_grads(ctx, grad_out, _grad_lse):
 _cudnn_attention.register_autograd(_cudnn_grads, setup_context=_cudnn_save)
 
 
+# A cached cuDNN graph runs the self-check's 512-token row in well under a millisecond of host time;
+# building one takes tens of milliseconds (42-51 ms per call in pytorch/pytorch#191576).
+GRAPH_BUILD_SECONDS = 0.01
+
+
+def _repeat_call_seconds(call: Callable[[], object], device: str) -> float:
+    """Wall seconds of the fastest of three repeats of `call` (after a first call, which may set up)."""
+    def seconds() -> float:
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        call()
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    seconds()
+    return min(seconds() for _ in range(3))
+
+
+def _builds_graphs(device: str) -> bool:
+    """Whether cuDNN on `device` builds execution graphs (CUDA does; the tests' CPU kernels do not)."""
+    return torch.device(device).type == "cuda"
+
+
 @functools.cache
 def cudnn_self_check(device: str) -> str | None:
-    """None if cuDNN's ragged attention gives per-document attention and gradients on `device`, else why not.
+    """None if cuDNN's ragged attention gives per-document attention and gradients on `device`, fast
+    enough to train with, else why not.
 
     Its nested-tensor path is younger than the FlashAttention ones, so it proves itself on a small
     layout (bf16, documents longer than a head, a padding tail) against `sdpa_docs` in fp32 before any
-    model uses it.
+    model uses it, and on CUDA shows that repeated calls reuse their graph.
     """
     layout = DocumentLayout.from_rows([torch.tensor([0, 150, 420, 500], dtype=torch.int32)], 512).to(device)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -268,6 +295,17 @@ def cudnn_self_check(device: str) -> str | None:
         err = float((got.float() - want).norm() / want.norm())
         if not err < 2e-2:  # bf16 operands land near 1e-3..1e-2; NaN fails too
             return f"{name} differs from the per-document reference (relative error {err:.3g})"
+    if not _builds_graphs(device):
+        return None
+    # In torch 2.11 the ragged path looked its graph up in a cache it never filled, so every call built
+    # the graph anew: 32 builds per proxy-1b step (16 layers, forward and backward), over a second of host
+    # time. pytorch/pytorch#191576 fixed it, in the same change that gave varlen_attn `block_table`.
+    with torch.no_grad():
+        per_call = _repeat_call_seconds(lambda: _cudnn(q, k, v, layout), device)
+    if per_call > GRAPH_BUILD_SECONDS:
+        return (f"each call takes {per_call * 1e3:.0f} ms even for a 512-token row: this torch builds cuDNN's "
+                f"graph anew on every call (fixed by pytorch/pytorch#191576, in torch releases whose "
+                f"varlen_attn takes block_table); use --attention varlen")
     return None
 
 

@@ -5,6 +5,7 @@ versions have used, autograd, torch.compile, and the self-check that guards `--a
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -39,10 +40,11 @@ class CpuCudnn:
     `lse_layout` is the logsumexp shape the forward returns: "thd1" (T, H, 1) or "ht" (H, T). The
     backward insists on getting it back in that shape. `broken_after`: gradients of queries past this
     in-document position come back as zeros, the way a kernel launched for too short a sequence fails.
+    `seconds_per_call`: every forward takes at least this long, as when each call builds its graph.
     """
 
-    def __init__(self, lse_layout: str, broken_after: int | None = None):
-        self.lse_layout, self.broken_after = lse_layout, broken_after
+    def __init__(self, lse_layout: str, broken_after: int | None = None, seconds_per_call: float = 0.0):
+        self.lse_layout, self.broken_after, self.seconds_per_call = lse_layout, broken_after, seconds_per_call
         self.lib = torch.library.Library("aten", "IMPL")
         self.lib.impl("_cudnn_attention_forward", self.forward, "CPU")
         self.lib.impl("_cudnn_attention_backward", self.backward, "CPU")
@@ -51,6 +53,7 @@ class CpuCudnn:
                 scale=None):  # the dispatcher leaves out arguments equal to their defaults
         assert bias is None and want_lse and dropout == 0.0 and causal and not debug and scale is None
         assert torch.equal(cu_q, cu_k) and cu_q.dtype == torch.int32 and max_q == max_k
+        time.sleep(self.seconds_per_call)  # as a graph built anew on every call costs
         out, lse = reference_attention(q, k, v, cu_q.tolist()), reference_logsumexp(q, k, cu_q.tolist()).float()
         lse = lse[..., None] if self.lse_layout == "thd1" else lse.t().contiguous()
         none = torch.empty(0)
@@ -117,6 +120,19 @@ def test_self_check_passes_a_correct_kernel_and_catches_a_wrong_gradient():
         assert "dq differs" in cudnn_self_check("cpu")
     finally:
         kernels.close()
+
+
+def test_self_check_refuses_a_kernel_that_builds_its_graph_on_every_call(monkeypatch):
+    """torch 2.11's ragged cuDNN path builds its graph on every call: right, but seconds per step."""
+    monkeypatch.setattr(attention, "_builds_graphs", lambda device: True)  # as on CUDA
+    monkeypatch.setattr(attention, "GRAPH_BUILD_SECONDS", 0.05)
+    for seconds_per_call, verdict in ((0.1, "builds cuDNN's graph anew on every call"), (0.0, None)):
+        kernels = CpuCudnn("ht", seconds_per_call=seconds_per_call)
+        try:
+            problem = cudnn_self_check("cpu")
+        finally:
+            kernels.close()
+        assert problem is None if verdict is None else verdict in problem
 
 
 def test_self_check_reports_a_missing_kernel():

@@ -33,3 +33,22 @@ def test_gpu_check_dry_run_covers_every_part(tmp_path):
     assert accum["accum"] == 4 and accum["tokens_per_s"] == pytest.approx(4 * 256 / (accum["step_ms"] / 1e3), rel=0.01)
     assert (tmp_path / "profile_eager.txt").stat().st_size > 0
     assert "failures: 0" in proc.stdout
+
+
+def test_a_gpu_run_skips_cudnn_variants_whose_backend_failed_its_self_check():
+    """torch 2.11 builds cuDNN's graph on every call: its variants would spend minutes of device time
+    on a backend that select_backend refuses anyway. A skipped row is not a failure of its own."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    failed = {"cudnn_self_check": "each call takes 42 ms even for a 512-token row"}
+    assert "42 ms" in gpu_check.skip_reason("compiled_cudnn_new_accum4", failed, on_gpu=True)
+    assert "not available" in gpu_check.skip_reason("compiled_cudnn_new", {}, on_gpu=True)
+    assert gpu_check.skip_reason("compiled_new_accum4", failed, on_gpu=True) is None
+    assert gpu_check.skip_reason("compiled_cudnn_new", {"cudnn_self_check": "passed"}, on_gpu=True) is None
+    assert gpu_check.skip_reason("compiled_cudnn_new", failed, on_gpu=False) is None  # a dry run on CPU runs it
+    rows = [{"variant": "compiled_cudnn_new", "skipped": "cudnn self-check: ..."},
+            {"variant": "compiled_new", "losses_finite": True}]
+    assert gpu_check.failures_in({"packed_vs_alone": {"ok": True}, "training": rows}) == 0
