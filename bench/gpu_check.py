@@ -3,19 +3,32 @@
 One script for one short device run (the default variants: an estimated 4-5 minutes on one H200,
 mostly compiling; not yet timed since the cuDNN and accumulation variants were added). Needs only
 torch (and this repo): batches are synthetic packed rows of several documents, so no shard files
-travel. Four parts:
+travel. The `cudnn_fe` backend also needs nvidia-cudnn-frontend, which the device's image lacks:
+fetch its wheel for the device's Python 3.12 and carry it (11.6 MB; without it those variants are
+skipped). Here:
+
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 -d .whl nvidia-cudnn-frontend==1.32.0
+
+and on the device, with carry [".whl"]:
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
+        PYTHONPATH=/tmp/site python3 bench/gpu_check.py
+
+Four parts:
 
 1. every attention backend available on CUDA against a per-document fp32 reference, forward and
-   gradients, on a random document layout (and the self-check that `--attention cudnn` runs; the
-   `cudnn` training variants are skipped if it fails, as expected on torch 2.11, which builds the
-   cuDNN graph anew on every call);
+   gradients, on a random document layout, and the self-checks that `--attention cudnn` and
+   `cudnn_fe` run (a backend's training variants are skipped if its check fails, as expected for
+   `cudnn` on torch 2.11, which builds the cuDNN graph anew on every call);
 2. a small model on CUDA: a packed row's logits against each document run alone;
 3. the varlen attention kernels alone at proxy-1b's shape (16,384 tokens, 16 heads of 128): forward
    and forward + backward time and TFLOP/s, on one layout repeated and on a new layout every call
    (what training sees; it exposes per-layout set-up such as cuDNN building a graph);
 4. `proxy-1b` at 16,384 tokens per row: training steps (bf16 autocast over fp32 weights, fused AdamW,
    grad clipping) in variants side by side (`--variants`): `torch.compile` of the whole model with
-   the default (`varlen`) or the cuDNN attention, on one document layout or a new one every step,
+   the default (`varlen`) or a cuDNN attention (`cudnn`, `cudnn_fe`), on one document layout or a
+   new one every step,
    one or two rows per forward pass, one or four forward passes per optimizer step (gradient
    accumulation, as `--grad-accum`), and on request eager - the anchor's setup -, the chunked loss, compiled
    blocks and inductor's max-autotune (minutes of GEMM autotuning): tokens/s and MFU against 990
@@ -54,6 +67,7 @@ from model.data import collate  # noqa: E402
 from model.model import Transformer  # noqa: E402
 from model.train import compile_packed, train_step  # noqa: E402
 
+SELF_CHECKED = ("cudnn", "cudnn_fe")  # backends select_backend runs only after cudnn_self_check
 ANCHOR = {"name": "eager 1.22B llama-like, varlen_attn, fused AdamW (measured earlier on this H200 kind)",
           "tokens_per_s": 55_900, "mfu": 0.425}
 
@@ -249,6 +263,8 @@ VARIANTS = {v.name: v for v in (
     Variant("compiled_cudnn_rows2", compile="model", rows=2, attention="cudnn"),
     Variant("compiled_new_accum4", compile="model", accum=4, new_layouts=True),
     Variant("compiled_cudnn_new_accum4", compile="model", accum=4, attention="cudnn", new_layouts=True),
+    Variant("compiled_cudnn_fe_new", compile="model", attention="cudnn_fe", new_layouts=True),
+    Variant("compiled_cudnn_fe_new_accum4", compile="model", accum=4, attention="cudnn_fe", new_layouts=True),
     Variant("compiled_chunk", compile="model", loss_chunk=4096),
     Variant("compiled_blocks", compile="blocks"),
     Variant("compiled_autotune", compile="model", mode="max-autotune-no-cudagraphs"),
@@ -339,11 +355,12 @@ def run_checks(device: torch.device, dry: bool) -> dict:
     dtype = torch.bfloat16  # on CPU too, so a dry run follows the GPU's dtype flow
     result = {"backends": check_backends(device, dtype, seq_len=256 if dry else 8192, n_rows=2, heads=2 if dry else 16,
                                          head_dim=16 if dry else 128, mean_doc=40 if dry else 1024)}
-    if "cudnn" in available_backends(device):
-        result["cudnn_self_check"] = cudnn_self_check(str(device)) or "passed"
+    for backend in SELF_CHECKED:
+        if backend in available_backends(device):
+            result[f"{backend}_self_check"] = cudnn_self_check(str(device), backend) or "passed"
     best = available_backends(device)[0] if device.type == "cuda" else "sdpa_docs"
     result["packed_vs_alone"] = check_packed_vs_alone(device, dtype, best, 128 if dry else 4096)
-    speed_backends = [b for b in available_backends(device) if b in ("flash", "varlen", "cudnn")] or ["sdpa_docs"]
+    speed_backends = [b for b in available_backends(device) if b in ("flash", "varlen", *SELF_CHECKED)] or ["sdpa_docs"]
     result["attention_speed"] = attention_speed(device, speed_backends, seq_len=512 if dry else 16_384,
                                                 heads=2 if dry else 16, head_dim=16 if dry else 128,
                                                 mean_doc=64 if dry else 2048, calls=3 if dry else 10)
@@ -398,15 +415,16 @@ def run_isolated(part: str, args, workdir: Path) -> dict:
 def skip_reason(name: str, report: dict, on_gpu: bool) -> str | None:
     """Why training variant `name` is not worth a child process: on a GPU, a cuDNN variant whose
     backend failed (or never reached) the self-check in part 1, as select_backend would refuse it."""
-    verdict = report.get("cudnn_self_check", "cuDNN's ragged attention is not available here")
-    if on_gpu and VARIANTS[name].attention == "cudnn" and verdict != "passed":
-        return f"cudnn self-check: {verdict}"
+    backend = VARIANTS[name].attention
+    verdict = report.get(f"{backend}_self_check", f"the {backend} backend is not available here")
+    if on_gpu and backend in SELF_CHECKED and verdict != "passed":
+        return f"{backend} self-check: {verdict}"
     return None
 
 
 def failures_in(report: dict) -> int:
     return (sum(not r["ok"] for r in report.get("backends", []))
-            + (report.get("cudnn_self_check", "passed") != "passed")
+            + sum(report.get(f"{backend}_self_check", "passed") != "passed" for backend in SELF_CHECKED)
             + (not report.get("packed_vs_alone", {}).get("ok", False))
             + sum("error" in r for r in report.get("attention_speed", []))
             + sum("error" in r or not r.get("losses_finite") for r in report.get("training", []) if "skipped" not in r))
@@ -423,12 +441,12 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "bench/results"), "gpu_check.json"))
     ap.add_argument("--peak-tflops", type=float, default=990.0)
     ap.add_argument("--steps", type=int, default=10)
-    default_variants = ["compiled", "compiled_new", "compiled_cudnn_new", "compiled_new_accum4",
-                        "compiled_cudnn_new_accum4"]
+    default_variants = ["compiled", "compiled_new", "compiled_new_accum4", "compiled_cudnn_new", "compiled_cudnn_new_accum4",
+                        "compiled_cudnn_fe_new", "compiled_cudnn_fe_new_accum4"]
     ap.add_argument("--variants", type=names, default=default_variants,
                     help=f"training variants, in order (default: {','.join(default_variants)}, an estimated 4-5 "
                          f"minutes on an H200); any of {', '.join(VARIANTS)}")
-    default_profiles = ["compiled_new", "compiled_cudnn_new"]
+    default_profiles = ["compiled_new", "compiled_cudnn_fe_new"]
     ap.add_argument("--profile", metavar="VARIANTS", type=names, default=default_profiles,
                     help="write a torch.profiler table of two steps of each of these variants beside --out "
                          f"(default: {','.join(default_profiles)}; \"\" for none)")
@@ -454,8 +472,9 @@ def main() -> int:
         out.write_text(json.dumps(report, indent=2) + "\n")
         print("\n## attention backends vs per-document fp32 reference (bf16)\n")
         print(table(report["backends"], ["backend", "ok", "out", "dq", "dk", "dv", "error"]) + "\n")
-        if "cudnn_self_check" in report:
-            print(f"cudnn self-check: {report['cudnn_self_check']}\n")
+        for backend in SELF_CHECKED:
+            if f"{backend}_self_check" in report:
+                print(f"{backend} self-check: {report[f'{backend}_self_check']}\n")
         if "packed_vs_alone" in report:
             print("## packed row vs documents alone\n")
             print(table([report["packed_vs_alone"]], ["backend", "documents", "max_rel_err", "ok"]) + "\n")

@@ -9,6 +9,9 @@ exactly as if each had its own row. Backends, best first:
 - ``cudnn``: cuDNN's ragged SDPA, the kernel behind PyTorch's nested-tensor attention (CUDA only; a
   Hopper-tuned kernel where FlashAttention-2 is not). Never picked by "auto": it runs only on request,
   after a self-check on the device (`select_backend`);
+- ``cudnn_fe``: the same cuDNN kernels through nvidia-cudnn-frontend, graphs built once per shape by
+  `model.cudnn_frontend` (for torch versions whose own ragged path rebuilds its graph on every
+  call); on request and self-checked, like ``cudnn``;
 - ``sdpa_mask``: `scaled_dot_product_attention` with a block-diagonal causal mask (any device);
 - ``sdpa_docs``: `scaled_dot_product_attention` once per document (any device; memory grows with
   the longest document rather than with the row, so it suits long rows on CPU).
@@ -25,7 +28,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("flash", "varlen", "cudnn", "sdpa_mask", "sdpa_docs")
+from model import cudnn_frontend
+
+BACKENDS = ("flash", "varlen", "cudnn", "cudnn_fe", "sdpa_mask", "sdpa_docs")
 
 
 @dataclass
@@ -97,6 +102,8 @@ def available_backends(device: torch.device | str) -> list[str]:
             found.append("varlen")
         if _cudnn_ragged_installed():
             found.append("cudnn")
+        if cudnn_frontend.frontend() is not None:
+            found.append("cudnn_fe")
     return found + ["sdpa_mask", "sdpa_docs"]
 
 
@@ -108,8 +115,8 @@ def select_backend(device: torch.device | str, requested: str = "auto") -> str:
         return available[0] if available[0] in ("flash", "varlen") else "sdpa_docs"
     if check_backend(requested) not in available:
         raise ValueError(f"attention backend {requested!r} is not available on {device} (have: {', '.join(available)})")
-    if requested == "cudnn" and (problem := cudnn_self_check(str(torch.device(device)))):
-        raise ValueError(f"attention backend 'cudnn' failed its self-check on {device}: {problem}")
+    if requested in ("cudnn", "cudnn_fe") and (problem := cudnn_self_check(str(torch.device(device)), requested)):
+        raise ValueError(f"attention backend {requested!r} failed its self-check on {device}: {problem}")
     return requested
 
 
@@ -185,6 +192,10 @@ def _sdpa_docs(q, k, v, layout):
 
 def _cudnn(q, k, v, layout):
     return torch.ops.xdp.cudnn_attention(q, k, v, layout.cu_seqlens, layout.max_seqlen)[0]
+
+
+def _cudnn_fe(q, k, v, layout):
+    return torch.ops.xdp.cudnn_fe_attention(q, k, v, layout.cu_seqlens, layout.max_seqlen)[0]
 
 
 # cuDNN's ragged attention, called on the packed (T, heads, head_dim) tensors with cu_seqlens as the
@@ -271,9 +282,9 @@ def _builds_graphs(device: str) -> bool:
 
 
 @functools.cache
-def cudnn_self_check(device: str) -> str | None:
-    """None if cuDNN's ragged attention gives per-document attention and gradients on `device`, fast
-    enough to train with, else why not.
+def cudnn_self_check(device: str, backend: str = "cudnn") -> str | None:
+    """None if cuDNN's ragged attention (`backend`: "cudnn" or "cudnn_fe") gives per-document attention
+    and gradients on `device`, fast enough to train with, else why not.
 
     Its nested-tensor path is younger than the FlashAttention ones, so it proves itself on a small
     layout (bf16, documents longer than a head, a padding tail) against `sdpa_docs` in fp32 before any
@@ -284,7 +295,7 @@ def cudnn_self_check(device: str) -> str | None:
     q, k, v, grad = (torch.randn(512, 2, 64, generator=gen, device=device, dtype=torch.bfloat16) for _ in range(4))
     results = []
     try:
-        for kernel, dtype in ((_cudnn, torch.bfloat16), (_sdpa_docs, torch.float32)):
+        for kernel, dtype in ((_KERNELS[backend], torch.bfloat16), (_sdpa_docs, torch.float32)):
             inputs = [x.detach().to(dtype).requires_grad_() for x in (q, k, v)]
             out = kernel(*inputs, layout)
             out.backward(grad.to(dtype))
@@ -301,13 +312,15 @@ def cudnn_self_check(device: str) -> str | None:
     # the graph anew: 32 builds per proxy-1b step (16 layers, forward and backward), over a second of host
     # time. pytorch/pytorch#191576 fixed it, in the same change that gave varlen_attn `block_table`.
     with torch.no_grad():
-        per_call = _repeat_call_seconds(lambda: _cudnn(q, k, v, layout), device)
+        per_call = _repeat_call_seconds(lambda: _KERNELS[backend](q, k, v, layout), device)
     if per_call > GRAPH_BUILD_SECONDS:
-        return (f"each call takes {per_call * 1e3:.0f} ms even for a 512-token row: this torch builds cuDNN's "
-                f"graph anew on every call (fixed by pytorch/pytorch#191576, in torch releases whose "
-                f"varlen_attn takes block_table); use --attention varlen")
+        why = ("this torch builds cuDNN's graph anew on every call (fixed by pytorch/pytorch#191576, in torch "
+               "releases whose varlen_attn takes block_table); use --attention cudnn_fe or varlen"
+               if backend == "cudnn" else "its cuDNN graph is not being reused")
+        return f"each call takes {per_call * 1e3:.0f} ms even for a 512-token row: {why}"
     return None
 
 
-_KERNELS = {"flash": _flash, "varlen": _varlen, "cudnn": _cudnn, "sdpa_mask": _sdpa_mask, "sdpa_docs": _sdpa_docs}
+_KERNELS = {"flash": _flash, "varlen": _varlen, "cudnn": _cudnn, "cudnn_fe": _cudnn_fe, "sdpa_mask": _sdpa_mask,
+            "sdpa_docs": _sdpa_docs}
 _LIBRARY = {"flash": _flash_attn_varlen, "varlen": _torch_varlen}  # kernels that take their library function first

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray", action="store_true", help="run the workers through Ray Train's TorchTrainer")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--attention", default="auto",
-                   help="flash, varlen, cudnn (self-checked first), sdpa_mask, sdpa_docs or auto (default: flash, "
+                   help="flash, varlen, cudnn or cudnn_fe (both self-checked first), sdpa_mask, sdpa_docs or auto (default: flash, "
                         "else varlen on CUDA; sdpa_docs on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU runs)")
     p.add_argument("--loss-chunk", type=int, default=None,

@@ -150,10 +150,10 @@ def test_cudnn_needs_cuda_is_never_picked_by_auto_and_must_pass_its_self_check(m
     monkeypatch.setattr(attention, "_flash_attn_varlen", lambda: None)
     assert attention.available_backends("cuda")[0] == "cudnn"
     assert select_backend("cuda") == "sdpa_docs"
-    monkeypatch.setattr(attention, "cudnn_self_check", lambda device: "dq differs (relative error 0.9)")
+    monkeypatch.setattr(attention, "cudnn_self_check", lambda device, backend: "dq differs (relative error 0.9)")
     with pytest.raises(ValueError, match="failed its self-check on cuda: dq differs"):
         select_backend("cuda", "cudnn")
-    monkeypatch.setattr(attention, "cudnn_self_check", lambda device: None)
+    monkeypatch.setattr(attention, "cudnn_self_check", lambda device, backend: None)
     assert select_backend("cuda", "cudnn") == "cudnn"
 
 

@@ -46,6 +46,8 @@ def test_a_gpu_run_skips_cudnn_variants_whose_backend_failed_its_self_check():
     failed = {"cudnn_self_check": "each call takes 42 ms even for a 512-token row"}
     assert "42 ms" in gpu_check.skip_reason("compiled_cudnn_new_accum4", failed, on_gpu=True)
     assert "not available" in gpu_check.skip_reason("compiled_cudnn_new", {}, on_gpu=True)
+    assert "not available" in gpu_check.skip_reason("compiled_cudnn_fe_new", failed, on_gpu=True)  # no wheel
+    assert gpu_check.skip_reason("compiled_cudnn_fe_new", {"cudnn_fe_self_check": "passed"}, on_gpu=True) is None
     assert gpu_check.skip_reason("compiled_new_accum4", failed, on_gpu=True) is None
     assert gpu_check.skip_reason("compiled_cudnn_new", {"cudnn_self_check": "passed"}, on_gpu=True) is None
     assert gpu_check.skip_reason("compiled_cudnn_new", failed, on_gpu=False) is None  # a dry run on CPU runs it
