@@ -3,12 +3,12 @@
 One script for one short device run (the default variants: an estimated 4-5 minutes on one H200,
 mostly compiling; not yet timed since the cuDNN and accumulation variants were added). Needs only
 torch (and this repo): batches are synthetic packed rows of several documents, so no shard files
-travel. The `cudnn_fe` backend also needs nvidia-cudnn-frontend, which the device's image lacks:
-fetch its wheel for the device's Python 3.12 and carry it (11.6 MB; without it those variants are
-skipped). Here:
+travel. The `cudnn_fe` backend also needs nvidia-cudnn-frontend, which the device's image lacks
+(without it, those variants are skipped). Carry the wheel of 1.16.0, the classic binding: 1.9 MB, no
+dependencies, and it takes buffers as pointers, as torch's own cuDNN code does. Fetch it here:
 
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 -d .whl nvidia-cudnn-frontend==1.32.0
+        --platform manylinux_2_28_x86_64 -d .whl nvidia-cudnn-frontend==1.16.0
 
 and on the device, with carry [".whl"]:
 
