@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from model import cudnn_frontend
+from model.ragged_ops import register_ragged_autograd
 
 BACKENDS = ("flash", "varlen", "cudnn", "cudnn_fe", "sdpa_mask", "sdpa_docs")
 
@@ -242,18 +243,7 @@ def _(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-def _cudnn_save(ctx, inputs, output):
-    q, k, v, cu_seqlens, ctx.max_seqlen = inputs
-    ctx.save_for_backward(q, k, v, *output, cu_seqlens)
-
-
-def _cudnn_grads(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
-    return (*torch.ops.xdp.cudnn_attention_backward(grad_out, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen),
-            None, None)
-
-
-_cudnn_attention.register_autograd(_cudnn_grads, setup_context=_cudnn_save)
+register_ragged_autograd(_cudnn_attention, torch.ops.xdp.cudnn_attention_backward)
 
 
 # A cached cuDNN graph runs the self-check's 512-token row in well under a millisecond of host time;

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from model.ragged_ops import register_ragged_autograd
+
 
 @functools.cache
 def frontend():
@@ -174,15 +176,4 @@ def _(grad_out, q, k, v, out, stats, cu_seqlens, max_seqlen):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-def _save(ctx, inputs, output):
-    q, k, v, cu_seqlens, ctx.max_seqlen = inputs
-    ctx.save_for_backward(q, k, v, *output, cu_seqlens)
-
-
-def _grads(ctx, grad_out, _grad_stats):
-    q, k, v, out, stats, cu_seqlens = ctx.saved_tensors
-    return (*torch.ops.xdp.cudnn_fe_attention_backward(grad_out, q, k, v, out, stats, cu_seqlens, ctx.max_seqlen),
-            None, None)
-
-
-attention.register_autograd(_grads, setup_context=_save)
+register_ragged_autograd(attention, torch.ops.xdp.cudnn_fe_attention_backward)
