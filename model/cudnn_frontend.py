@@ -86,11 +86,12 @@ def _io_type(dtype: torch.dtype):
     return {torch.bfloat16: cudnn.data_type.BFLOAT16, torch.float16: cudnn.data_type.HALF}[dtype]
 
 
-def _describe(shape: Shape, build_backward: bool):
-    """The cuDNN graph for `shape` and its tensors by role, not yet built into plans."""
+def _describe(shape: Shape, build_backward: bool, handle=None):
+    """The cuDNN graph for `shape` and its tensors by role, not yet built into plans (`handle`: the
+    device's cuDNN handle; describing needs none)."""
     cudnn = frontend()
     g = cudnn.pygraph(io_data_type=_io_type(shape.dtype), intermediate_data_type=cudnn.data_type.FLOAT,
-                      compute_data_type=cudnn.data_type.FLOAT)
+                      compute_data_type=cudnn.data_type.FLOAT, handle=handle)
     b, h, s, d = shape.docs, shape.heads, shape.longest, shape.head_dim
     packed = dict(dim=[b, h, s, d], stride=[s * h * d, d, h * d, 1], data_type=_io_type(shape.dtype))
     index = dict(dim=[b + 1, 1, 1, 1], stride=[1, 1, 1, 1], data_type=cudnn.data_type.INT32)
@@ -125,7 +126,7 @@ def _describe(shape: Shape, build_backward: bool):
 def graph(shape: Shape, backward: bool) -> Graph:
     """The built graph for `shape`, built on first use and kept for the life of the process."""
     cudnn = frontend()
-    g, tensors = _describe(shape, backward)
+    g, tensors = _describe(shape, backward, _handle(shape.device))
     g.validate()
     g.build_operation_graph()
     g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
