@@ -34,7 +34,8 @@ Four parts:
    blocks and inductor's max-autotune (minutes of GEMM autotuning): tokens/s and MFU against 990
    TFLOP/s dense bf16, Dynamo graph counts, and profiler tables of chosen variants (`--profile`).
 
-The checks (1-3) and each training variant run in a child process of their own, so a kernel that
+The checks (1-3; the cuDNN backends' apart from the others') and each training variant run in a child
+process of their own, so a kernel that
 kills its CUDA context, or a variant that leaks memory, costs only its own part of the device run.
 It prints markdown tables and writes everything to $OUT/gpu_check.json (else --out).
 `--dry-run` runs the same code with tiny sizes on CPU, to catch bugs before spending device time (its
@@ -118,7 +119,7 @@ def reference_attention(q, k, v, layout: DocumentLayout) -> torch.Tensor:
     return torch.cat(outs)
 
 
-def check_backends(device, dtype, seq_len, n_rows, heads, head_dim, mean_doc) -> list[dict]:
+def check_backends(device, backends, dtype, seq_len, n_rows, heads, head_dim, mean_doc) -> list[dict]:
     rows = synthetic_rows(n_rows, seq_len, 100, mean_doc, seed=1)
     layout = DocumentLayout.from_rows([r["cu_seqlens"] for r in rows], seq_len).to(device)
     t = n_rows * seq_len
@@ -128,7 +129,7 @@ def check_backends(device, dtype, seq_len, n_rows, heads, head_dim, mean_doc) ->
     ref = reference_attention(*ref_in, layout)
     ref.backward(grad.float())
     results = []
-    for name in available_backends(device):
+    for name in backends:
         inputs = [x.detach().clone().requires_grad_() for x in (q, k, v)]
         try:
             out = attention_kernel(name)(*inputs, layout)
@@ -350,20 +351,30 @@ def table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run_checks(device: torch.device, dry: bool) -> dict:
-    """Parts 1-3: the backends against the reference, a packed row against its documents, the kernels' speed."""
+# Parts 1-3 run as two child processes: the cuDNN backends, whose kernels have never run on this
+# device, apart from the others, so a kernel that kills its CUDA context cannot take their results too.
+CHECK_PARTS = ("checks", "checks_cudnn")
+
+
+def run_checks(device: torch.device, dry: bool, part: str) -> dict:
+    """Parts 1-3 for the backends of `part`: the backends against the reference, then ("checks") a
+    packed row against its documents, or ("checks_cudnn") the self-checks, then the kernels' speed."""
     dtype = torch.bfloat16  # on CPU too, so a dry run follows the GPU's dtype flow
-    result = {"backends": check_backends(device, dtype, seq_len=256 if dry else 8192, n_rows=2, heads=2 if dry else 16,
-                                         head_dim=16 if dry else 128, mean_doc=40 if dry else 1024)}
-    for backend in SELF_CHECKED:
-        if backend in available_backends(device):
+    cudnn_part = part == "checks_cudnn"
+    backends = [b for b in available_backends(device) if (b in SELF_CHECKED) == cudnn_part]
+    result = {"backends": check_backends(device, backends, dtype, seq_len=256 if dry else 8192, n_rows=2,
+                                         heads=2 if dry else 16, head_dim=16 if dry else 128, mean_doc=40 if dry else 1024)}
+    if cudnn_part:
+        for backend in backends:
             result[f"{backend}_self_check"] = cudnn_self_check(str(device), backend) or "passed"
-    best = available_backends(device)[0] if device.type == "cuda" else "sdpa_docs"
-    result["packed_vs_alone"] = check_packed_vs_alone(device, dtype, best, 128 if dry else 4096)
-    speed_backends = [b for b in available_backends(device) if b in ("flash", "varlen", *SELF_CHECKED)] or ["sdpa_docs"]
+        speed_backends = backends
+    else:
+        best = backends[0] if device.type == "cuda" else "sdpa_docs"
+        result["packed_vs_alone"] = check_packed_vs_alone(device, dtype, best, 128 if dry else 4096)
+        speed_backends = [b for b in backends if b in ("flash", "varlen")] or ["sdpa_docs"]
     result["attention_speed"] = attention_speed(device, speed_backends, seq_len=512 if dry else 16_384,
                                                 heads=2 if dry else 16, head_dim=16 if dry else 128,
-                                                mean_doc=64 if dry else 2048, calls=3 if dry else 10)
+                                                mean_doc=64 if dry else 2048, calls=3 if dry else 10) if speed_backends else []
     return result
 
 
@@ -383,8 +394,8 @@ def run_part(part: str, args) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = {"torch": torch.__version__, "python": platform.python_version(),
               "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"}
-    if part == "checks":
-        result |= run_checks(device, args.dry_run)
+    if part in CHECK_PARTS:
+        result |= run_checks(device, args.dry_run, part)
     else:
         try:
             result["training"] = run_variant(device, args.dry_run, part, args)
@@ -409,7 +420,9 @@ def run_isolated(part: str, args, workdir: Path) -> dict:
     if part_out.exists():
         return json.loads(part_out.read_text())
     error = f"part {part!r} {ended} and left no result (its output is above)"
-    return {"backends": [{"backend": "all", "ok": False, "error": error}]} if part == "checks" else {"training": {"variant": part, "error": error}}
+    if part in CHECK_PARTS:
+        return {"backends": [{"backend": f"all of {part!r}", "ok": False, "error": error}]}
+    return {"training": {"variant": part, "error": error}}
 
 
 def skip_reason(name: str, report: dict, on_gpu: bool) -> str | None:
@@ -468,7 +481,11 @@ def main() -> int:
     args.profile_dir = args.profile_dir or str(out.parent)
     report = {"peak_tflops": args.peak_tflops, "anchor": ANCHOR, "training": []}
     with tempfile.TemporaryDirectory() as workdir:
-        report |= run_isolated("checks", args, Path(workdir))
+        for part in CHECK_PARTS:
+            found = run_isolated(part, args, Path(workdir))
+            for key in ("backends", "attention_speed"):
+                report[key] = report.get(key, []) + found.pop(key, [])
+            report |= found
         out.write_text(json.dumps(report, indent=2) + "\n")
         print("\n## attention backends vs per-document fp32 reference (bf16)\n")
         print(table(report["backends"], ["backend", "ok", "out", "dq", "dk", "dv", "error"]) + "\n")
