@@ -35,8 +35,8 @@ Four parts:
    TFLOP/s dense bf16, Dynamo graph counts, and profiler tables of chosen variants (`--profile`).
 
 The checks (1-3; the cuDNN backends' apart from the others') and each training variant run in a child
-process of their own, so a kernel that
-kills its CUDA context, or a variant that leaks memory, costs only its own part of the device run.
+process of their own, so a kernel that kills its CUDA context, or a variant that leaks memory, costs
+only its own part of the device run.
 It prints markdown tables and writes everything to $OUT/gpu_check.json (else --out).
 `--dry-run` runs the same code with tiny sizes on CPU, to catch bugs before spending device time (its
 compiled variant traces with dynamo and AOT autograd but skips inductor's slow C++ code generation).
