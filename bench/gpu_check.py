@@ -62,13 +62,13 @@ from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.attention import DocumentLayout, attention_kernel, available_backends, cudnn_self_check, select_backend  # noqa: E402
+from model.attention import (SELF_CHECKED, DocumentLayout, attention_kernel, available_backends,  # noqa: E402
+                             cudnn_self_check, select_backend)
 from model.config import preset  # noqa: E402
 from model.data import collate  # noqa: E402
 from model.model import Transformer  # noqa: E402
 from model.train import compile_packed, train_step  # noqa: E402
 
-SELF_CHECKED = ("cudnn", "cudnn_fe")  # backends select_backend runs only after cudnn_self_check
 ANCHOR = {"name": "eager 1.22B llama-like, varlen_attn, fused AdamW (measured earlier on this H200 kind)",
           "tokens_per_s": 55_900, "mfu": 0.425}
 

@@ -32,6 +32,7 @@ from model import cudnn_frontend
 from model.ragged_ops import register_ragged_autograd
 
 BACKENDS = ("flash", "varlen", "cudnn", "cudnn_fe", "sdpa_mask", "sdpa_docs")
+SELF_CHECKED = ("cudnn", "cudnn_fe")  # backends select_backend allows only after cudnn_self_check
 
 
 @dataclass
@@ -116,7 +117,7 @@ def select_backend(device: torch.device | str, requested: str = "auto") -> str:
         return available[0] if available[0] in ("flash", "varlen") else "sdpa_docs"
     if check_backend(requested) not in available:
         raise ValueError(f"attention backend {requested!r} is not available on {device} (have: {', '.join(available)})")
-    if requested in ("cudnn", "cudnn_fe") and (problem := cudnn_self_check(str(torch.device(device)), requested)):
+    if requested in SELF_CHECKED and (problem := cudnn_self_check(str(torch.device(device)), requested)):
         raise ValueError(f"attention backend {requested!r} failed its self-check on {device}: {problem}")
     return requested
 

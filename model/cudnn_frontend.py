@@ -10,8 +10,8 @@ Layout: q, k, v and the output are the packed (T, heads, head_dim) tensors, desc
 (documents, heads, longest, head_dim) with ragged offsets (`cu_seqlens` x heads x head_dim elements)
 and per-document lengths for the padding mask; causal is the top-left diagonal band. The softmax
 statistics the backward needs are dense, (documents, heads, T) fp32: a document's rows hold its
-positions first (the graph declares `longest` of them; the rest is never read). Wrapped in custom ops, like the `cudnn` backend, so
-`torch.compile` keeps the calls opaque.
+positions first (the graph declares `longest` of them; the rest is never read). Wrapped in custom
+ops, like the `cudnn` backend, so `torch.compile` keeps the calls opaque.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def _io_type(dtype: torch.dtype):
     return {torch.bfloat16: cudnn.data_type.BFLOAT16, torch.float16: cudnn.data_type.HALF}[dtype]
 
 
-def _describe(shape: Shape, build_backward: bool, handle=None):
+def _describe(shape: Shape, backward: bool, handle=None):
     """The cuDNN graph for `shape` and its tensors by role, not yet built into plans (`handle`: the
     device's cuDNN handle; describing needs none)."""
     cudnn = frontend()
@@ -107,7 +107,7 @@ def _describe(shape: Shape, build_backward: bool, handle=None):
     stats = dict(dim=[b, h, s, 1], stride=[h * shape.total, shape.total, 1, 1], data_type=cudnn.data_type.FLOAT)
     options = dict(attn_scale=1 / math.sqrt(d), use_padding_mask=True, seq_len_q=t["seq_len"], seq_len_kv=t["seq_len"],
                    diagonal_alignment=cudnn.diagonal_alignment.TOP_LEFT, diagonal_band_right_bound=0)
-    if not build_backward:
+    if not backward:
         o, t["stats"] = g.sdpa(name="sdpa", q=t["q"], k=t["k"], v=t["v"], generate_stats=True, **options)
         ragged("o", o.set_output(True).set_dim(packed["dim"]).set_stride(packed["stride"]))
         t["stats"].set_output(True).set_dim(stats["dim"]).set_stride(stats["stride"]).set_data_type(stats["data_type"])
