@@ -1,8 +1,8 @@
 """The `cudnn_fe` backend's glue on CPU. cuDNN needs a GPU (bench/gpu_check.py runs it there), so these
 tests stand a CPU double in for the built cuDNN graphs. The double reads its inputs as cuDNN's ragged
-layout defines them: offsets in elements, per-document lengths, statistics (docs, heads, T) of which
-each document uses its first positions. It checks what xdp adds around the graphs: the index tensors,
-the buffers, the graph cache's shapes, autograd, torch.compile and the self-check."""
+layout defines them: offsets in elements, per-document lengths, the documents padded with empty ones up
+to the graph's batch, statistics (T, heads). It checks what xdp adds around the graphs: the index
+tensors, the buffers, the graph cache's shapes, autograd, torch.compile and the self-check."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +10,7 @@ import torch
 
 from model import cudnn_frontend
 from model.attention import DocumentLayout, attention_kernel, cudnn_self_check, select_backend
-from model.cudnn_frontend import Shape, longest_bucket
+from model.cudnn_frontend import Shape, batch_bucket, tokens_bucket
 from test_attention_cudnn import reference_grads, reference_logsumexp
 from test_model_core import reference_attention
 
@@ -22,28 +22,28 @@ class CpuGraph:
         self.shape, self.backward = shape, backward
 
     def documents(self, values) -> list[int]:
+        """The documents' boundaries in tokens, after checking the index tensors against the graph."""
         s = self.shape
-        offsets, lengths = values["offsets"], values["seq_len"]
-        assert offsets.shape == (s.docs + 1, 1, 1, 1) and lengths.shape == (s.docs, 1, 1, 1)  # the declared dims
-        assert offsets.dtype == lengths.dtype == torch.int32
-        offsets, lengths = offsets.flatten(), lengths.flatten()
-        assert torch.equal(offsets % (s.heads * s.head_dim), torch.zeros_like(offsets))
-        cu = (offsets // (s.heads * s.head_dim)).tolist()
-        assert lengths.tolist() == [b - a for a, b in zip(cu, cu[1:])] and max(lengths) <= s.longest <= s.total
-        return cu
+        offsets, stats_offsets, lengths = values["offsets"], values["stats_offsets"], values["seq_len"]
+        assert offsets.shape == stats_offsets.shape == (s.batch + 1, 1, 1, 1) and lengths.shape == (s.batch, 1, 1, 1)
+        assert offsets.dtype == stats_offsets.dtype == torch.int64 and lengths.dtype == torch.int32
+        offsets, stats_offsets, lengths = offsets.flatten(), stats_offsets.flatten(), lengths.flatten()
+        assert torch.equal(offsets, stats_offsets * s.head_dim) and torch.equal(stats_offsets % s.heads, 0 * stats_offsets)
+        cu = (stats_offsets // s.heads).tolist()
+        assert lengths.tolist() == [b - a for a, b in zip(cu, cu[1:])] and cu[-1] == len(values["q"]) <= s.tokens
+        docs = [b for a, b in zip(cu, cu[1:]) if b > a]
+        assert cu[:len(docs) + 1] == [0, *docs]  # real documents first, then empty ones at the end
+        return cu[:len(docs) + 1]
 
     def run(self, values: dict[str, torch.Tensor], device) -> None:
         cu = self.documents(values)
         q, k, v = values["q"], values["k"], values["v"]
-        assert values["stats"].shape == (self.shape.docs, self.shape.heads, self.shape.total)
+        assert values["stats"].shape == (len(q), self.shape.heads) and values["stats"].dtype == torch.float32
         if not self.backward:
             values["o"].copy_(reference_attention(q, k, v, cu))
-            for i, (a, b) in enumerate(zip(cu, cu[1:])):
-                values["stats"][i, :, : b - a] = reference_logsumexp(q[a:b], k[a:b], [0, b - a]).t()
+            values["stats"].copy_(reference_logsumexp(q, k, cu))
             return
-        for i, (a, b) in enumerate(zip(cu, cu[1:])):  # the backward reads what the forward stored
-            want = reference_logsumexp(q[a:b], k[a:b], [0, b - a]).t().float()
-            torch.testing.assert_close(values["stats"][i, :, : b - a], want)
+        torch.testing.assert_close(values["stats"], reference_logsumexp(q, k, cu).float())  # what the forward stored
         for role, grad in zip(("dq", "dk", "dv"), reference_grads(q, k, v, values["do"], cu)):
             values[role].copy_(grad)
 
@@ -58,10 +58,10 @@ def cpu_graphs(monkeypatch):
     cudnn_self_check.cache_clear()
 
 
-def test_longest_bucket_is_a_power_of_two_at_most_the_batch():
-    assert [longest_bucket(n, 16_384) for n in (1, 64, 65, 1000, 4096, 4097, 16_384)] == \
-        [64, 64, 128, 1024, 4096, 8192, 16_384]
-    assert longest_bucket(10_000, 12_288) == 12_288  # 16,384 would pass the row
+def test_buckets_keep_a_run_on_few_graph_shapes():
+    assert [batch_bucket(n) for n in (1, 32, 33, 64, 65, 512, 513, 1100)] == [32, 32, 64, 64, 128, 512, 1024, 1536]
+    assert [tokens_bucket(n) for n in (48, 1024, 1025, 16_384, 16_385, 32_768, 32_769, 70_000)] == \
+        [1024, 1024, 2048, 16_384, 32_768, 32_768, 65_536, 98_304]
 
 
 @pytest.mark.parametrize("compiled", [False, True])
@@ -79,12 +79,12 @@ def test_cudnn_fe_kernel_is_per_document_attention_with_its_gradients(cpu_graphs
     torch.testing.assert_close(out.double(), reference_attention(q, k, v, cu), rtol=1e-5, atol=1e-6)
     for g, w in zip(got, reference_grads(q, k, v, grad, cu)):
         torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=1e-6)
-    assert {(s.docs, s.longest, s.total, backward) for s, backward in cpu_graphs} == {(4, 48, 48, False), (4, 48, 48, True)}
+    assert set(cpu_graphs) == {(Shape(32, 3, 8, 1024, torch.float32, 0), backward) for backward in (False, True)}
 
 
 def test_compiled_model_on_cudnn_fe_trains_as_on_sdpa_docs_and_reuses_graphs(cpu_graphs):
     """Four batches of other documents: one Dynamo graph, the same losses and gradients as
-    sdpa_docs, and a cuDNN graph per (documents, power-of-two longest) shape, not per batch."""
+    sdpa_docs, and one cuDNN graph pair for all of them: the layouts differ, the buckets do not."""
     from torch._dynamo.utils import counters
 
     from model.config import preset
@@ -113,8 +113,7 @@ def test_compiled_model_on_cudnn_fe_trains_as_on_sdpa_docs_and_reuses_graphs(cpu
     for g, w in zip(grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
     assert counters["stats"]["unique_graphs"] == 1
-    # the first and last batches share the document count (3) and the longest bucket (64): one graph pair
-    assert sorted({(s.docs, s.longest) for s, _ in cpu_graphs}) == [(2, 64), (3, 64), (5, 64)]
+    assert {(s.batch, s.tokens, backward) for s, backward in cpu_graphs} == {(32, 1024, False), (32, 1024, True)}
 
 
 def test_cudnn_fe_self_check_passes_the_double_and_needs_the_frontend_on_cuda(cpu_graphs, monkeypatch):
@@ -127,10 +126,10 @@ def test_cudnn_fe_graphs_describe_with_the_installed_frontend():
     """Where nvidia-cudnn-frontend is installed (not in CI): both graphs take our tensors and options.
     Building plans needs a GPU; frontend 1.32 validates the graphs without one."""
     cudnn = pytest.importorskip("cudnn")
-    shape = Shape(docs=5, heads=2, head_dim=64, longest=256, total=512, dtype=torch.bfloat16, device=0)
+    shape = Shape(batch=32, heads=2, head_dim=64, tokens=1024, dtype=torch.bfloat16, device=0)
     for backward in (False, True):
         graph, tensors = cudnn_frontend._describe(shape, backward)
-        assert set(tensors) >= {"q", "k", "v", "o", "stats", "offsets", "seq_len"}
+        assert set(tensors) >= {"q", "k", "v", "o", "stats", "offsets", "stats_offsets", "seq_len"}
         try:
             graph.validate()
             graph.build_operation_graph()
