@@ -42,20 +42,23 @@ def frontend():
     return cudnn if hasattr(cudnn, "pygraph") else None
 
 
+def _bucket(n: int, smallest: int, largest_power: int) -> int:
+    """`smallest` up to `smallest`, then the next power of two up to `largest_power`, then the next
+    multiple of `largest_power`: TransformerEngine's buckets, so a run meets one or two values."""
+    if n <= smallest:
+        return smallest
+    return 1 << (n - 1).bit_length() if n <= largest_power else -(-n // largest_power) * largest_power
+
+
 def batch_bucket(docs: int) -> int:
-    """The graph's batch for `docs` documents: 32 up to 32, then the next power of two up to 512, then
-    the next multiple of 512 (TransformerEngine's buckets)."""
-    if docs <= 32:
-        return 32
-    return 1 << (docs - 1).bit_length() if docs <= 512 else -(-docs // 512) * 512
+    """The graph's batch for `docs` documents: 32, 64, ..., 512, then multiples of 512."""
+    return _bucket(docs, 32, 512)
 
 
 def tokens_bucket(tokens: int) -> int:
-    """The graph's sequence extent for `tokens` packed tokens: 1,024 up to 1,024, then the next power of
-    two up to 32,768, then the next multiple of 32,768 (TransformerEngine's buckets)."""
-    if tokens <= 1024:
-        return 1024
-    return 1 << (tokens - 1).bit_length() if tokens <= 32_768 else -(-tokens // 32_768) * 32_768
+    """The graph's sequence extent for `tokens` packed tokens: 1,024, 2,048, ..., 32,768, then multiples
+    of 32,768."""
+    return _bucket(tokens, 1024, 32_768)
 
 
 @dataclass(frozen=True)
