@@ -5,18 +5,21 @@ import argparse
 import json
 import sys
 
+from pipeline.ray_session import add_ray_args, with_ray_args
+
 
 def _dirs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="job config YAML (the mixing section is used)")
     p.add_argument("--cleaned", help="cleaned-document directory (default: <output>/cleaned)")
     p.add_argument("--tokenizer", help="tokenizer directory (default: <output>/tokenizer)")
+    add_ray_args(p, config=True)
 
 
 def register(sub) -> None:
     p = sub.add_parser("plan", help="print per-bucket sampling rates for the target ratios (writes nothing)",
                        description="Tokenize the cleaned documents (exact counts), solve the mix for the three "
                                    "ratio tables and print rates, epochs and expected tokens per bucket.",
-                       epilog="example: xdp plan --config configs/demo.yaml --json")
+                       epilog="example: xdp plan --config configs/example.yaml --json")
     _dirs_args(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan)
@@ -24,7 +27,7 @@ def register(sub) -> None:
     p = sub.add_parser("mix", help="tokenize, sample to the target ratios, pack and write shards + report",
                        description="Write <out>/shards (uint32 packed sequences + manifest.json) and "
                                    "<out>/report (stats.json, PNG plots, report.html).",
-                       epilog="example: xdp mix --config configs/demo.yaml --out out/")
+                       epilog="example: xdp mix --config configs/example.yaml --out out/")
     _dirs_args(p)
     p.add_argument("--out", help="output directory (default: the config's output)")
     p.set_defaults(func=cmd_mix)
@@ -41,6 +44,7 @@ def register(sub) -> None:
     p.add_argument("--ratios", help="cleaned directories: ratio YAML for the targets (default: XVERSE-65B)")
     p.add_argument("--no-verify", action="store_true",
                    help="shard directories: skip checking every shard's sha256 against the manifest")
+    add_ray_args(p)
     p.set_defaults(func=cmd_stats)
 
 
@@ -64,6 +68,7 @@ def cmd_plan(args) -> int:
     from pipeline.config import load_config
 
     cfg = load_config(args.config)
+    cfg.ray = with_ray_args(cfg.ray, args)
     cleaned, tokenizer = default_dirs(cfg, args.cleaned, args.tokenizer)
     plan, selections = plan_cleaned(cleaned, tokenizer, cfg)
     if args.json:
@@ -91,6 +96,7 @@ def cmd_mix(args) -> int:
     from pipeline.config import load_config
 
     cfg = load_config(args.config)
+    cfg.ray = with_ray_args(cfg.ray, args)
     cleaned, tokenizer = default_dirs(cfg, args.cleaned, args.tokenizer)
     summary = mix_from_config(cfg, cleaned, tokenizer, args.out or cfg.output)
     print(json.dumps(summary))
@@ -101,10 +107,9 @@ def cmd_stats(args) -> int:
     from pathlib import Path
 
     from mixing.report import write_report
-    from mixing.stats import find_shard_dir, shard_stats
-    from pipeline.config import ConfigError
-
     from mixing.shards import ShardError
+    from mixing.stats import find_shard_dir, shard_stats
+    from pipeline.config import ConfigError, RayConfig
 
     shard_dir = find_shard_dir(args.dir)
     if shard_dir is not None:
@@ -118,7 +123,7 @@ def cmd_stats(args) -> int:
         from mixing.ratios import load_ratios
         from mixing.stats import cleaned_stats, load_stage_stats
 
-        counts, unit = cleaned_counts(args.dir, args.tokenizer)
+        counts, unit = cleaned_counts(args.dir, args.tokenizer, with_ray_args(RayConfig(), args))
         stats = cleaned_stats(counts, load_ratios(args.ratios), unit, load_stage_stats(args.dir))
     else:
         raise ConfigError(f"{args.dir}: no such directory")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline.config import Config, load_config
 from pipeline.job_state import STEPS
+from pipeline.ray_session import add_ray_args, with_ray_args
 
 log = logging.getLogger("xdp")
 
@@ -19,8 +20,7 @@ _SECTION = {"tokenizer": "tokenizer", "mix": "mixing"}  # config section whose `
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="output directory (overrides `output:` in the config)")
-    p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    add_ray_args(p, config=True)
     p.add_argument("--overwrite", action="store_true",
                    help="the output directory holds a run of a different config: redo the changed steps "
                         "(default: refuse; steps completed by the same config are always skipped)")
@@ -30,10 +30,7 @@ def _load(args) -> Config:
     cfg = load_config(args.config)
     if args.output:
         cfg.output = os.path.abspath(args.output)
-    if args.address:
-        cfg.ray.address = args.address
-    if getattr(args, "num_cpus", None):
-        cfg.ray.num_cpus = args.num_cpus
+    cfg.ray = with_ray_args(cfg.ray, args)
     return cfg
 
 
@@ -151,8 +148,7 @@ def demo_config_path() -> Path:
 def cmd_demo(args) -> int:
     cfg = load_config(demo_config_path())
     cfg.output = os.path.abspath(args.output)
-    if args.address:
-        cfg.ray.address = args.address
+    cfg.ray = with_ray_args(cfg.ray, args)
     summary = run_job(cfg, overwrite=True)  # the demo config is fixed; a changed xdp version redoes it
     if args.train_steps:
         # The last link of the chain: the bundled model learns from the shards just written.
@@ -191,7 +187,7 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="run the whole job on the bundled demo corpus (offline, local Ray)",
                        description="Run `xdp run` on the small multilingual demo corpus shipped in the package.")
     p.add_argument("--output", default="xdp-demo", help="output directory (default: ./xdp-demo)")
-    p.add_argument("--address", help="Ray cluster to join (default: a local Ray)")
+    add_ray_args(p)
     p.add_argument("--train-steps", type=int, default=20,
                    help="smoke-train the tiny model on the demo shards for this many steps (0: skip; default 20)")
     p.set_defaults(func=cmd_demo)

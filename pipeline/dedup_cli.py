@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline.config import ConfigError, DedupConfig, RayConfig, validate_dedup
+from pipeline.ray_session import add_ray_args, ray_session, with_ray_args
 
 _BATCH = 4096
 
@@ -42,8 +43,7 @@ def register(sub) -> None:
                    help="hash partitions for grouping; raise it for large inputs (default %(default)s)")
     p.add_argument("--no-exact", action="store_true", help="skip exact dedup")
     p.add_argument("--no-near", action="store_true", help="skip MinHash near dedup")
-    p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    add_ray_args(p)
     p.set_defaults(func=run)
 
 
@@ -96,7 +96,6 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.dedup_ray import exact_dedup, near_dedup
     from pipeline.langid_io import atomic_output, iter_json_records
-    from pipeline.ray_session import ray_session
     from pipeline.write import write_parquet_atomic
     from pipeline.schema import DUPLICATES_SCHEMA
 
@@ -111,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         total = _stage_input(args.input, work / "input.parquet")
         removed = []
-        with ray_session(RayConfig(address=args.address, num_cpus=args.num_cpus)):
+        with ray_session(with_ray_args(RayConfig(), args)):
             kept = ray.data.read_parquet(str(work / "input.parquet"), partitioning=None)
             for enabled, step in ((cfg.exact, exact_dedup), (cfg.near, near_dedup)):
                 if enabled:

@@ -4,7 +4,9 @@ Also `run_tasks`, the one loop that runs plain Ray tasks (not Ray Data) with a p
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -13,6 +15,27 @@ from typing import Iterator, Optional
 from pipeline.config import RayConfig
 
 log = logging.getLogger(__name__)
+
+
+def add_ray_args(p: argparse.ArgumentParser, config: bool = False) -> None:
+    """`--address` and `--num-cpus`, the same on every command that runs on Ray. `config`: the
+    command takes a job config, whose `ray` section they override."""
+    first = "the config's ray.{}, else ".format
+    p.add_argument("--address", help=f"Ray cluster to join (default: {first('address') if config else ''}"
+                                     "$RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-cpus", type=_positive_int,
+                   help=f"CPUs for a local Ray (default: {first('num_cpus') if config else ''}all)")
+
+
+def with_ray_args(cfg: RayConfig, args: argparse.Namespace) -> RayConfig:
+    """`cfg` with what `add_ray_args` parsed on top."""
+    return dataclasses.replace(cfg, address=args.address or cfg.address, num_cpus=args.num_cpus or cfg.num_cpus)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return int(text)
 
 
 class RaySession:

@@ -1,4 +1,4 @@
-"""Arrow schemas of the tables that pass between stages (see DESIGN.md, "Contracts")."""
+"""Arrow schemas of the tables that pass between stages (their columns: README, "Output layout")."""
 from __future__ import annotations
 
 import pyarrow as pa

@@ -118,3 +118,30 @@ def test_release_memory_sets_the_allocator_of_every_worker(mode):
         assert own == ["system", threshold, "false"]
     else:
         assert plain[0] != "system" and plain[1] is None and own[:2] == plain[:2]
+
+
+@pytest.mark.parametrize("command", ["clean", "run", "plan", "mix", "demo", "dedup", "train-tokenizer", "stats"])
+def test_every_ray_command_takes_the_same_ray_flags(command):
+    """Every command that runs on Ray takes --address and --num-cpus."""
+    from pipeline.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    flags = {f for a in sub._actions for f in a.option_strings}
+    assert {"--address", "--num-cpus"} <= flags
+
+
+def test_ray_flags_override_only_what_they_name():
+    import argparse
+
+    from pipeline.ray_session import add_ray_args, with_ray_args
+
+    p = argparse.ArgumentParser()
+    add_ray_args(p, config=True)
+    cfg = RayConfig(address="ray://head:10001", num_cpus=8, object_store_memory=10**9)
+    assert with_ray_args(cfg, p.parse_args([])) == cfg
+    assert with_ray_args(cfg, p.parse_args(["--num-cpus", "2"])) == RayConfig(
+        address="ray://head:10001", num_cpus=2, object_store_memory=10**9)
+    assert with_ray_args(cfg, p.parse_args(["--address", "auto"])).address == "auto"
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["--num-cpus", bad])

@@ -7,6 +7,7 @@ import json
 import re
 
 from pipeline.config import ConfigError, RayConfig, TokenizerConfig
+from pipeline.ray_session import add_ray_args, with_ray_args
 
 _DEFAULTS = TokenizerConfig()
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
@@ -29,7 +30,7 @@ def _train(args) -> int:
                  if getattr(args, name) is not None}
     tok_cfg = dataclasses.replace(_DEFAULTS, **overrides)
     report = train_tokenizer(args.input, args.output, tok_cfg,
-                             RayConfig(address=args.address, num_cpus=args.num_cpus))
+                             with_ray_args(RayConfig(), args))
     sample = report["sample"]
     print(f"{report['vocab_size']:,} tokens -> {args.output} "
           f"(sample {sample['bytes']:,} bytes / {sample['docs']:,} docs, {report['time_s']['total']} s, "
@@ -77,8 +78,7 @@ def register(sub) -> None:
     p.add_argument("--ratios", metavar="RATIOS.yaml", help="ratio tables (default: the shipped XVERSE-65B tables)")
     p.add_argument("--max-memory", type=parse_bytes, metavar="BYTES",
                    help="cap the sample so the predicted peak RSS fits, e.g. 8GiB (default: half this machine's RAM)")
-    p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    add_ray_args(p)
     p.set_defaults(func=_train)
 
     e = sub.add_parser(
