@@ -1,8 +1,9 @@
 """Expand configured input sources (file, directory, glob or URI) into a sorted list of files.
 
 Listing happens on the driver and touches only names, so it is cheap and deterministic: files are
-sorted within each source, and a document's `source` name is its path relative to the source's root,
-so ids derived from it do not depend on where the corpus is mounted.
+sorted within each source, and a document's `source` name is its path relative to the source's root
+(to the root of all sources where two sources' names would clash), so ids derived from it do not
+depend on where the corpus is mounted. A file listed by two sources is refused: it would be read twice.
 
 Nothing that a source matches is dropped silently. A glob keeps every match that is not a plain
 directory -- a dangling symlink, a symlink loop or a directory named like a record file is listed, and
@@ -146,20 +147,56 @@ def _list_remote(url: str) -> tuple[list[str], str]:
 
 
 def list_input_files(cfg: Config) -> list[InputFile]:
-    """All files of all sources, in config order then sorted by name. Raises ConfigError if empty."""
-    out: list[InputFile] = []
+    """All files of all sources, in config order then sorted by name. Raises ConfigError if a source
+    matches no record file, or if two sources list the same file (its documents would be read twice)."""
+    listed: list[tuple[int, str, str, str]] = []  # (spec_index, url, root, format)
     for spec_index, spec in enumerate(cfg.inputs):
         files, root = (_list_remote if _is_uri(spec.path) else _list_local)(spec.path)
-        matched = 0
-        for f in files:
-            fmt = spec.format or infer_format(f)
-            if fmt is None:
-                continue  # a README or stats file next to the data; not a record file
-            source = f[len(root):].lstrip("/") if f.startswith(root) else os.path.basename(f)
-            source = replace_surrogates(source or os.path.basename(f))
-            out.append(InputFile(len(out), spec_index, f, source, fmt))
-            matched += 1
+        # Files no format fits are a README or stats file next to the data, not record files.
+        matched = [(spec_index, f, root, fmt) for f in files if (fmt := spec.format or infer_format(f))]
         if not matched:
             raise ConfigError(f"inputs[{spec_index}].path: no readable jsonl/jsonl.gz/jsonl.zst/parquet "
                               f"files found under {spec.path}")
-    return out
+        listed += matched
+    _refuse_overlaps(listed)
+    names = [_relative(_absolute(url), _absolute(root)) for _, url, root, _ in listed]
+    if len(set(names)) < len(names):
+        names = _names_under_common_root([url for _, url, _, _ in listed], [root for _, _, root, _ in listed])
+    return [InputFile(i, spec_index, url, replace_surrogates(name), fmt)
+            for i, ((spec_index, url, _, fmt), name) in enumerate(zip(listed, names))]
+
+
+def _absolute(path: str) -> str:
+    return path if _is_uri(path) else os.path.abspath(path)
+
+
+def _relative(url: str, root: str) -> str:
+    """`url`'s path below `root`; its file name where it is not below."""
+    prefix = root.rstrip("/") + "/"
+    return (url[len(prefix):] if url.startswith(prefix) else "") or os.path.basename(url)
+
+
+def _refuse_overlaps(listed: list[tuple[int, str, str, str]]) -> None:
+    first: dict[str, int] = {}
+    for spec_index, url, _, _ in listed:
+        key = url if _is_uri(url) else os.path.realpath(url)
+        seen = first.setdefault(key, spec_index)
+        if seen != spec_index:
+            raise ConfigError(f"inputs[{seen}] and inputs[{spec_index}] both list {url}: its documents would be "
+                              "read twice (narrow one of the paths or globs)")
+
+
+def _names_under_common_root(urls: list[str], roots: list[str]) -> list[str]:
+    """Names relative to the deepest directory above every source's root, for sources whose own
+    names clash (`a/data/` and `b/data/` both hold `data/in.jsonl`). Unique, as paths below one
+    directory are; full URLs where the sources share no root (local and remote, two protocols)."""
+    protocols = {url.split("://", 1)[0] if _is_uri(url) else "" for url in urls}
+    if len(protocols) > 1:
+        return list(urls)
+    (protocol,) = protocols
+    if protocol:
+        scheme = protocol + "://"
+        base = scheme + os.path.commonpath([r[len(scheme):] for r in roots])
+        return [_relative(url, base) for url in urls]
+    base = os.path.commonpath([_absolute(r) for r in roots])
+    return [_relative(_absolute(url), base) for url in urls]

@@ -43,6 +43,10 @@ def _write_corpus(root: Path, shared: Path) -> dict:
     rng.shuffle(web)
     (root / "web.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in web + exact + near) + "\n",
                                     encoding="utf-8")
+    # A mirror whose file name (relative to its own input) is web.jsonl too, holding the same record at
+    # the same line: only names that tell the two files apart let exact dedup see the copy.
+    (root / "mirror").mkdir()
+    (root / "mirror" / "web.jsonl").write_text(json.dumps(web[0], ensure_ascii=False) + "\n", encoding="utf-8")
     bad = [b'{"id": "b1", "text": ', b'{"id": "b2", "text": 5}', b'{"id": "b3"}', b'\xff\xfe{"id": "b4"}']
     (root / "bad.jsonl.gz").write_bytes(gzip.compress(b"\n".join(bad) + b"\n", mtime=0))
     code = [{"id": f"c{i}", "text": f"def f{i}(x):\n    return x * {i} + {i * i}\n", "path": f"src/m{i}.py"}
@@ -55,14 +59,15 @@ def _write_corpus(root: Path, shared: Path) -> dict:
                {"id": "x000", "text": "Why does the printer stop after every page? Its driver waits for the spooler; "
                                       "install the current driver package and restart the print service."}]
     (root / "faq.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in collide) + "\n")
-    return {"web": len(web) + len(exact) + len(near), "bad": len(bad), "code": len(code),
-            "exact": len(exact) + 1, "near": len(near), "qa": len(collide)}
+    return {"web": len(web) + len(exact) + len(near) + 1, "bad": len(bad), "code": len(code),
+            "exact": len(exact) + 2, "near": len(near), "qa": len(collide)}
 
 
 def _config(root: Path, out: Path):
     return config_from_dict({
         "inputs": [
             {"path": str(root / "web.jsonl"), "category": "web"},
+            {"path": str(root / "mirror" / "web.jsonl"), "category": "web"},
             {"path": str(root / "bad.jsonl.gz"), "category": "books"},
             {"path": str(root / "code.jsonl"), "category": "code", "path_field": "path"},
             {"path": str(root / "faq.jsonl"), "category": "qa"},
@@ -121,6 +126,8 @@ def test_accounting_quarantine_and_dedup(one_node_run):
     code_langs = set(cleaned.filter(pads.field("category") == "code").column("code_lang").to_pylist())
     assert code_langs == {"Python"}
     assert stats["stages"]["exact_dedup"]["dropped"]["exact_duplicate"]["docs"] == counts["exact"]
+    assert sorted(stats["inputs"]["sources"]) == ["bad.jsonl.gz", "code.jsonl", "faq.jsonl", "mirror/web.jsonl",
+                                                  "web.jsonl"]
     assert (out / "stats.json").is_file() and json.loads((out / "stats.json").read_text()) == stats
 
 
