@@ -5,6 +5,7 @@ their own YAML of the same shape. Each table is normalized to sum to 1; unknown 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,7 +34,7 @@ def _normalize(table, where: str) -> dict[str, float]:
         raise ConfigError(f"{where}: expected a non-empty mapping of name -> share")
     out = {}
     for key, value in table.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
             raise ConfigError(f"{where}.{key}: share must be a non-negative number, got {value!r}")
         out[str(key)] = float(value)
     total = sum(out.values())
@@ -61,15 +62,15 @@ def load_ratios(path: Optional[str | Path] = None) -> RatioTables:
     missing = [t for t in TABLES if t not in data]
     if missing:
         raise ConfigError(f"ratios {path}: missing table {missing[0]!r}")
-    categories = _normalize(data["categories"], "categories")
+    categories = _normalize(data["categories"], f"ratios {path}: categories")
     bad = sorted(set(categories) - set(CATEGORIES))
     if bad:
         raise ConfigError(f"ratios {path}: categories.{bad[0]}: unknown category (one of {', '.join(CATEGORIES)})")
     return RatioTables(
         name=str(data.get("name", path.stem)),
         categories=categories,
-        languages=_normalize(data["languages"], "languages"),
-        code_languages=_normalize(data["code_languages"], "code_languages"),
+        languages=_normalize(data["languages"], f"ratios {path}: languages"),
+        code_languages=_normalize(data["code_languages"], f"ratios {path}: code_languages"),
         sequence_length=data.get("sequence_length"),
         vocab_size=data.get("vocab_size"),
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import math
 import os
 import types
 import typing
@@ -171,12 +172,12 @@ def _coerce(tp, value, where):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if not _finite_number(value) or int(value) != value:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not _finite_number(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -185,7 +186,16 @@ def _coerce(tp, value, where):
     return value
 
 
+def _finite_number(value) -> bool:
+    """YAML's .nan and .inf are floats: every range check would let NaN through (all comparisons fail)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not (
+        isinstance(value, float) and not math.isfinite(value))
+
+
 # --------------------------------------------------------------------------- validation
+
+SEED_MAX = 2**32 - 1  # numpy's RandomState (datasketch's permutations) takes no larger seed
+RAY_MIN_OBJECT_STORE = 75 * 2**20  # Ray refuses a smaller object store
 
 
 def infer_format(path: str) -> Optional[str]:
@@ -215,11 +225,25 @@ def validate_tokenizer(tok: TokenizerConfig) -> TokenizerConfig:
     _check_range("tokenizer.sample_bytes", tok.sample_bytes, 1)
     _check_range("tokenizer.temperature", tok.temperature, 0.0, 1.0, lo_open=True)
     _check_range("tokenizer.min_frequency", tok.min_frequency, 1)
+    _check_range("tokenizer.seed", tok.seed, 0, SEED_MAX)
     if tok.max_memory is not None:
         _check_range("tokenizer.max_memory", tok.max_memory, 1)
-    if tok.ratios is not None and not os.path.isfile(tok.ratios):
-        raise ConfigError(f"tokenizer.ratios: no such file: {tok.ratios}")
+    _check_ratios("tokenizer.ratios", tok.ratios)
     return tok
+
+
+def _check_ratios(where: str, path: Optional[str]) -> None:
+    """A ratio file is config too: read and check it now, not after the clean step has run."""
+    if path is None:
+        return
+    if not os.path.isfile(path):
+        raise ConfigError(f"{where}: no such file: {path}")
+    from mixing.ratios import load_ratios  # mixing imports this module
+
+    try:
+        load_ratios(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def validate_dedup(dedup: DedupConfig) -> DedupConfig:
@@ -232,6 +256,7 @@ def validate_dedup(dedup: DedupConfig) -> DedupConfig:
     _check_range("dedup.partition_chars", dedup.partition_chars, 1)
     _check_range("dedup.partition_docs", dedup.partition_docs, 1)
     _check_range("dedup.max_iterations", dedup.max_iterations, 1)
+    _check_range("dedup.seed", dedup.seed, 0, SEED_MAX)
     return dedup
 
 
@@ -258,6 +283,7 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"{where}.path: no such file, directory or glob match: {src.path}")
     _check_range("read.max_record_bytes", cfg.read.max_record_bytes, 1)
     _check_range("read.batch_size", cfg.read.batch_size, 1)
+    _check_range("read.raw_preview_chars", cfg.read.raw_preview_chars, 0)
     _check_range("write.target_file_chars", cfg.write.target_file_chars, 1)
     _check_range("langid.threshold", cfg.langid.threshold, 0.0, 1.0)
     if cfg.langid.model is not None and not os.path.isfile(cfg.langid.model):
@@ -268,6 +294,8 @@ def validate(cfg: Config) -> Config:
     validate_dedup(cfg.dedup)
     if cfg.ray.num_cpus is not None:
         _check_range("ray.num_cpus", cfg.ray.num_cpus, 1)
+    if cfg.ray.object_store_memory is not None:
+        _check_range("ray.object_store_memory", cfg.ray.object_store_memory, RAY_MIN_OBJECT_STORE)
     _check_range("ray.step_retries", cfg.ray.step_retries, 0)
     if cfg.ray.block_mb is not None:
         _check_range("ray.block_mb", cfg.ray.block_mb, 1)
@@ -276,11 +304,10 @@ def validate(cfg: Config) -> Config:
     _check_range("mixing.sequence_length", cfg.mixing.sequence_length, 2)
     _check_range("mixing.sequences_per_shard", cfg.mixing.sequences_per_shard, 1)
     _check_range("mixing.pack_window_sequences", cfg.mixing.pack_window_sequences, 1)
+    _check_range("mixing.seed", cfg.mixing.seed, 0, SEED_MAX)
     if cfg.mixing.total_tokens is not None:
         _check_range("mixing.total_tokens", cfg.mixing.total_tokens, 1)
-    for where, path in (("tokenizer.ratios", cfg.tokenizer.ratios), ("mixing.ratios", cfg.mixing.ratios)):
-        if path is not None and not os.path.isfile(path):
-            raise ConfigError(f"{where}: no such file: {path}")
+    _check_ratios("mixing.ratios", cfg.mixing.ratios)
     return cfg
 
 

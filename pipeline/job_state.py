@@ -114,6 +114,8 @@ class JobState:
 
     def __init__(self, cfg: Config, steps: tuple[str, ...] = STEPS):
         self.out = Path(cfg.output)
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"output: {self.out} exists and is not a directory")
         self.dir = self.out / "_job"
         data = job_config(cfg)
         self.records: dict[str, dict] = {}

@@ -32,6 +32,16 @@ def test_defaults_and_relative_paths(tmp_path):
     ({"inputs": [{"path": "/", "category": "web", "colour": 1}]}, "inputs[0].colour: unknown key"),
     ({"inputs": [{"path": "/", "category": "web", "format": "csv"}]}, "inputs[0].format: 'csv'"),
     ({"mixing": {"sequence_length": 1}}, "mixing.sequence_length"),
+    # YAML's .nan and .inf: NaN fails every comparison, so only an explicit check stops it.
+    ({"dedup": {"threshold": float("nan")}}, "dedup.threshold: expected a finite number, got nan"),
+    ({"langid": {"threshold": float("nan")}}, "langid.threshold: expected a finite number"),
+    ({"tokenizer": {"temperature": float("nan")}}, "tokenizer.temperature: expected a finite number"),
+    ({"dedup": {"num_perm": float("inf")}}, "dedup.num_perm: expected an integer, got inf"),
+    ({"dedup": {"num_perm": float("nan")}}, "dedup.num_perm: expected an integer, got nan"),
+    ({"dedup": {"seed": -1}}, "dedup.seed: -1 is out of range"),
+    ({"mixing": {"seed": 2**32}}, "mixing.seed: 4294967296 is out of range"),
+    ({"read": {"raw_preview_chars": -5}}, "read.raw_preview_chars: -5 is out of range"),
+    ({"ray": {"object_store_memory": -5}}, "ray.object_store_memory: -5 is out of range"),
 ])
 def test_bad_fields_are_named(tmp_path, overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -55,3 +65,18 @@ def test_cli_reports_missing_files_without_a_traceback(capsys):
     assert "No such file or directory: /nonexistent/in.jsonl" in err and "Traceback" not in err
     assert main(["clean", "--config", "/nonexistent/job.yaml"]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("section", ["tokenizer", "mixing"])
+@pytest.mark.parametrize("share, message", [(-5, "share must be a non-negative number, got -5"),
+                                            (".nan", "got nan"), ("many", "got 'many'")])
+def test_a_bad_ratio_file_fails_with_the_config(tmp_path, section, share, message):
+    """Checked when the config loads (before Ray and the clean step), naming the field and the file."""
+    from mixing.ratios import default_ratios_path
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(default_ratios_path().read_text().replace("web: 72.91", f"web: {share}"))
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(_cfg(tmp_path, **{section: {"ratios": str(bad)}}))
+    assert str(err.value).startswith(f"{section}.ratios: ratios {bad}: categories.web: ")
+    assert message in str(err.value)
