@@ -70,41 +70,47 @@ class RecordValidator:
                 self.consumed.add(field)
 
     def quarantine(self, position: int, reason: str, raw: str, n_chars: int, category=None) -> dict:
+        """A quarantine row. An input with a fixed category gives it to every row, file errors too,
+        so the statistics count them under it, not under "unknown"."""
+        category = self.spec.category if category is None else category
         # A file name that is not UTF-8, or an error message quoting one, carries surrogate escapes.
         return dict(source=replace_surrogates(self.file.url), position=position, reason=replace_surrogates(reason),
                     raw=replace_surrogates(raw[: self.cfg.raw_preview_chars]), n_chars=n_chars,
                     category=replace_surrogates(category) if category is not None else None)
 
     def row(self, record, position: int, raw_size: int, raw_text) -> dict:
-        preview = raw_text if raw_text is not None else ""
+        """`raw_text`: the record's line (JSONL); None for a Parquet row, whose preview is its JSON."""
+        def bad(reason: str, category=None) -> dict:
+            preview = raw_text if raw_text is not None else self._preview(record)
+            return self.quarantine(position, reason, preview, raw_size, category)
+
         if not isinstance(record, dict):
-            return self.quarantine(position, "not_an_object", preview, raw_size)
+            return bad("not_an_object")
         spec = self.spec
         category = spec.category
         if category is None:
             category = record.get(spec.category_field)
             if category is None:
-                return self.quarantine(position, "missing_category", preview, raw_size)
+                return bad("missing_category")
             if not isinstance(category, str) or category not in CATEGORIES:
-                return self.quarantine(position, "unknown_category", preview, raw_size,
-                                       category=str(category)[:64])
+                return bad("unknown_category", str(category)[:64])
         text = record.get(spec.text_field)
         if text is None:
-            return self.quarantine(position, "missing_text", preview, raw_size, category)
+            return bad("missing_text", category)
         if not isinstance(text, str):
-            return self.quarantine(position, "text_not_string", preview, raw_size, category)
+            return bad("text_not_string", category)
         if len(text.encode("utf-8", "surrogatepass")) > self.cfg.max_record_bytes:
-            return self.quarantine(position, "oversized_record", preview or text, raw_size, category)
+            return bad("oversized_record", category)
         doc_id = record.get(spec.id_field)
         if doc_id is None or doc_id == "":
             doc_id = stable_id(self.file.source, position)
         elif isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
-            return self.quarantine(position, "invalid_id", preview, raw_size, category)
+            return bad("invalid_id", category)
         if not text.strip():
-            return self.quarantine(position, "empty_text", preview, raw_size, category)
+            return bad("empty_text", category)
         text = normalize_text(text, is_code=category == "code")
         if not text:  # only control characters or other debris
-            return self.quarantine(position, "empty_after_normalize", preview, raw_size, category)
+            return bad("empty_after_normalize", category)
         code_lang = record.get(spec.code_lang_field) if spec.code_lang_field else None
         path = record.get(spec.path_field) if spec.path_field else None
         extra = {k: v for k, v in record.items() if k not in self.consumed}
@@ -113,6 +119,13 @@ class RecordValidator:
                     code_lang=replace_surrogates(code_lang) if isinstance(code_lang, str) else None,
                     path=replace_surrogates(path) if isinstance(path, str) else None,
                     source=self.file.source, position=position, n_chars=len(text), meta=meta)
+
+
+    def _preview(self, record: dict) -> str:
+        """A Parquet row as JSON, each string cut to the preview length first (a huge text costs nothing)."""
+        limit = self.cfg.raw_preview_chars
+        cut = {k: v[:limit] if isinstance(v, (str, bytes)) else v for k, v in record.items()}
+        return json.dumps(cut, ensure_ascii=False, sort_keys=True, default=str)
 
 
 _FILE_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),

@@ -92,6 +92,7 @@ def test_truncated_archive_keeps_good_records_and_reports_the_break(tmp_path, fm
     assert reasons[-1] == "read_error"
     assert reasons[:-1] and all(r is None for r in reasons[:-1])
     assert table.column("position")[-1].as_py() == len(reasons)
+    assert table.column("category")[-1].as_py() == "web"  # the input's fixed category, as for every row
 
 
 def test_binary_file_named_jsonl_is_quarantined(tmp_path):
@@ -108,6 +109,18 @@ def test_parquet_input_validates_rows(tmp_path):
     table = _read(path, "parquet")
     assert _reasons(table) == [None, "missing_text", "empty_text"]
     assert table.column("position").to_pylist() == [0, 1, 2]
+    # A row has no line to show: the quarantine keeps its JSON, strings cut to the preview length.
+    assert [json.loads(r) for r in table.column("raw").to_pylist()[1:]] == [
+        {"id": "b", "text": None, "lang_hint": "y"}, {"id": "c", "text": "", "lang_hint": "z"}]
+
+
+def test_parquet_preview_of_an_oversized_row_is_cut(tmp_path):
+    path = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"id": ["a"], "text": ["y" * 100_000], "n": [7]}), path)
+    table = _read(path, "parquet", max_record_bytes=1000, raw_preview_chars=50)
+    assert _reasons(table) == ["oversized_record"]
+    raw = table.column("raw")[0].as_py()
+    assert len(raw) == 50 and raw.startswith('{"id": "a", "n": 7, "text": "yyy')
 
 
 def test_code_keeps_indentation_prose_is_tidied():
