@@ -213,6 +213,8 @@ def _is_uri(path: str) -> bool:
 
 
 def _check_range(where: str, value, lo=None, hi=None, lo_open=False):
+    if isinstance(value, float) and not math.isfinite(value):  # from a CLI flag: `--threshold nan`
+        raise ConfigError(f"{where}: expected a finite number, got {value}")
     if lo is not None and (value <= lo if lo_open else value < lo):
         raise ConfigError(f"{where}: {value} is out of range (must be {'>' if lo_open else '>='} {lo})")
     if hi is not None and value > hi:

@@ -80,3 +80,13 @@ def test_a_bad_ratio_file_fails_with_the_config(tmp_path, section, share, messag
         config_from_dict(_cfg(tmp_path, **{section: {"ratios": str(bad)}}))
     assert str(err.value).startswith(f"{section}.ratios: ratios {bad}: categories.web: ")
     assert message in str(err.value)
+
+
+def test_flags_that_bypass_yaml_are_range_checked_for_nan_too():
+    """`xdp dedup --threshold nan` builds the section from argparse floats, not YAML."""
+    from pipeline.config import DedupConfig, TokenizerConfig, validate_dedup, validate_tokenizer
+
+    with pytest.raises(ConfigError, match="dedup.threshold: expected a finite number, got nan"):
+        validate_dedup(DedupConfig(threshold=float("nan")))
+    with pytest.raises(ConfigError, match="tokenizer.temperature: expected a finite number, got inf"):
+        validate_tokenizer(TokenizerConfig(temperature=float("inf")))
