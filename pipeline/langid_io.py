@@ -11,8 +11,12 @@ import contextlib
 import gzip
 import io
 import json
+import re
+import sys
 from pathlib import Path
 from typing import IO, Iterator
+
+from pipeline.normalize import replace_surrogates
 
 
 def _compression(path: str | Path) -> str | None:
@@ -24,35 +28,51 @@ def _compression(path: str | Path) -> str | None:
     return None
 
 
-def open_text_read(path: str | Path) -> IO[str]:
-    """Open a (possibly .gz/.zst-compressed) UTF-8 text file for streaming reads."""
-    kind = _compression(path)
-    if kind == "gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="\n")
-    if kind == "zst":
-        import zstandard
-
-        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-        return io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
-    return open(path, "r", encoding="utf-8", newline="\n")
-
-
 def iter_json_records(path: str | Path) -> Iterator[tuple[int, str, dict]]:
-    """(line number, raw line, record) for every non-blank line; a bad line raises ConfigError."""
-    from pipeline.config import ConfigError
+    """(line number, line without its newline, record) for every non-blank line.
 
-    with open_text_read(path) as fh:
-        for line_no, line in enumerate(fh, 1):
+    A line that is not UTF-8 or not a JSON object, or a truncated archive, raises ConfigError with
+    ``file:line``; a lone surrogate escaped in a string (``"\\ud800"``) becomes U+FFFD, as in the
+    clean job's reader, so no library downstream meets a string it cannot encode.
+    """
+    from pipeline.config import ConfigError
+    from pipeline.read import ReadError, jsonl_lines
+
+    fmt = {"gz": "jsonl.gz", "zst": "jsonl.zst"}.get(_compression(path), "jsonl")
+    line_no = 0
+    try:
+        for line_no, raw, _, _ in jsonl_lines(str(path), fmt, sys.maxsize):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"{path}:{line_no}: not valid UTF-8 (byte {exc.start})") from None
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line.removeprefix("\ufeff"))  # a BOM: files joined with cat
             except (json.JSONDecodeError, RecursionError) as exc:
                 msg = getattr(exc, "msg", "nested too deeply")
                 raise ConfigError(f"{path}:{line_no}: not valid JSON ({msg})") from None
             if not isinstance(record, dict):
                 raise ConfigError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            yield line_no, line, record
+            yield line_no, line, _without_surrogates(record) if _SURROGATE_ESCAPE.search(line) else record
+    except ReadError as exc:
+        raise ConfigError(f"{path}:{line_no + 1}: the file breaks here ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON's escape of a UTF-16 surrogate
+
+
+def _without_surrogates(value):
+    if isinstance(value, str):
+        return replace_surrogates(value)
+    if isinstance(value, dict):
+        return {replace_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_surrogates(v) for v in value]
+    return value
 
 
 @contextlib.contextmanager

@@ -234,39 +234,45 @@ def _lines(stream: IO[bytes], limit: int) -> Iterator[tuple[int, Optional[bytes]
         yield (number, None, size, pending) if oversized else (number, pending, size, b"")
 
 
+def jsonl_lines(url: str, fmt: str, limit: int) -> Iterator[tuple[int, Optional[bytes], int, bytes]]:
+    """The lines of a JSONL file (`fmt`: jsonl, jsonl.gz or jsonl.zst; local or any fsspec URL), as
+    (line number, line without its newline or None if over `limit` bytes, size, head of an oversized
+    line). A truncated archive or I/O error raises ReadError after the last complete line."""
+    with _open_bytes(url) as raw:
+        yield from _lines(_decompressed(raw, fmt), limit)
+
+
 def _read_jsonl(file: InputFile, validator: RecordValidator, cfg: ReadConfig) -> Iterator[dict]:
     position = 0
     try:
-        with _open_bytes(file.url) as raw:
-            stream = _decompressed(raw, file.format)
-            for position, line, size, head in _lines(stream, cfg.max_record_bytes):
-                if line is None:
-                    yield validator.quarantine(position, "oversized_record",
-                                               head.decode("utf-8", "replace"), size)
-                    continue
-                if line.startswith(b"\xef\xbb\xbf"):  # not only on line 1: files joined with cat
-                    line = line[3:]
-                line = line.rstrip(b"\r")
-                if not line.strip():
-                    continue  # blank lines separate nothing and hold no record
-                try:
-                    text = line.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    yield validator.quarantine(position, f"invalid_utf8: byte {exc.start}",
-                                               line.decode("utf-8", "replace"), size)
-                    continue
-                try:
-                    # strict=False: a raw control character inside a string (NUL, tab) does not make the
-                    # record unreadable; normalize removes it. ValueError also covers integers longer
-                    # than Python's int_max_str_digits, which json raises outside JSONDecodeError.
-                    # RecursionError can also come from row() re-encoding deeply nested extra fields.
-                    record = json.loads(text, strict=False)
-                    row = validator.row(record, position, size, text)
-                except (ValueError, RecursionError) as exc:
-                    msg = ("nested too deeply" if isinstance(exc, RecursionError)
-                           else exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)[:200])
-                    row = validator.quarantine(position, f"invalid_json: {msg}", text, size)
-                yield row
+        for position, line, size, head in jsonl_lines(file.url, file.format, cfg.max_record_bytes):
+            if line is None:
+                yield validator.quarantine(position, "oversized_record",
+                                           head.decode("utf-8", "replace"), size)
+                continue
+            if line.startswith(b"\xef\xbb\xbf"):  # not only on line 1: files joined with cat
+                line = line[3:]
+            line = line.rstrip(b"\r")
+            if not line.strip():
+                continue  # blank lines separate nothing and hold no record
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield validator.quarantine(position, f"invalid_utf8: byte {exc.start}",
+                                           line.decode("utf-8", "replace"), size)
+                continue
+            try:
+                # strict=False: a raw control character inside a string (NUL, tab) does not make the
+                # record unreadable; normalize removes it. ValueError also covers integers longer
+                # than Python's int_max_str_digits, which json raises outside JSONDecodeError.
+                # RecursionError can also come from row() re-encoding deeply nested extra fields.
+                record = json.loads(text, strict=False)
+                row = validator.row(record, position, size, text)
+            except (ValueError, RecursionError) as exc:
+                msg = ("nested too deeply" if isinstance(exc, RecursionError)
+                       else exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)[:200])
+                row = validator.quarantine(position, f"invalid_json: {msg}", text, size)
+            yield row
     except Exception as exc:  # truncated archive, unreadable file, lost connection: report, go on
         detail = str(exc) if isinstance(exc, ReadError) else f"{type(exc).__name__}: {exc}"
         yield validator.quarantine(position + 1, f"read_error: {detail}", "", 0)

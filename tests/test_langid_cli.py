@@ -93,3 +93,29 @@ def test_output_gets_ordinary_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert dst.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_single_file_commands_name_a_line_that_is_not_utf8(tmp_path):
+    from pipeline.langid_io import iter_json_records
+
+    (tmp_path / "in.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(ConfigError, match=r"in\.jsonl:2: not valid UTF-8 \(byte 13\)"):
+        list(iter_json_records(tmp_path / "in.jsonl"))
+
+
+def test_a_truncated_archive_is_an_error_at_the_line_where_it_breaks(tmp_path):
+    from pipeline.langid_io import iter_json_records
+
+    data = gzip.compress(b"".join(b'{"text": "line %d"}\n' % i for i in range(5000)), mtime=0)
+    (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match=r"cut\.jsonl\.gz:\d+: the file breaks here \(EOFError"):
+        list(iter_json_records(tmp_path / "cut.jsonl.gz"))
+
+
+def test_lone_surrogates_become_replacement_characters_and_a_bom_is_skipped(tmp_path):
+    from pipeline.langid_io import iter_json_records
+
+    (tmp_path / "in.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "lone \\ud800 here", "k": ["\\udc00"]}\n'
+                                        b'{"text": "pair \\ud83d\\ude00"}\n')
+    records = [rec for _, _, rec in iter_json_records(tmp_path / "in.jsonl")]
+    assert records == [{"text": "lone \ufffd here", "k": ["\ufffd"]}, {"text": "pair \U0001F600"}]
