@@ -42,7 +42,7 @@ class TokenizerInfo:
 
     @classmethod
     def load(cls, tokenizer_dir: str | os.PathLike) -> "TokenizerInfo":
-        from tokenizers import Tokenizer
+        from tokenizer_training.load import load_tokenizer
 
         d = Path(tokenizer_dir)
         tok_file, cfg_file = d / "tokenizer.json", d / "tokenizer_config.json"
@@ -50,7 +50,7 @@ class TokenizerInfo:
             if not f.is_file():
                 raise ConfigError(f"tokenizer directory {d}: missing {f.name}")
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-        tok = Tokenizer.from_file(str(tok_file))
+        tok = load_tokenizer(d)
         ids = {}
         for role in ("eos_token", "pad_token"):
             token = cfg.get(role)
@@ -83,10 +83,10 @@ class Tokenize:
     """
 
     def __init__(self, tokenizer_dir: str, seed: int):
-        from tokenizers import Tokenizer
+        from tokenizer_training.load import load_tokenizer
 
         self.info = TokenizerInfo.load(tokenizer_dir)
-        self.tokenizer = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+        self.tokenizer = load_tokenizer(tokenizer_dir)
         self.seed = seed
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -90,6 +90,17 @@ def test_tokenize_appends_eos_and_buckets(workdir):
         (c, l or k) for c, l, k, _ in LAYOUT}
 
 
+def test_special_tokens_quoted_in_a_document_are_text_not_boundaries(workdir):
+    """A document quoting `<|endoftext|>` or `<pad>` must not get an EOS inside it (a false document
+    boundary in the packed rows) nor lose the quote when decoded."""
+    text = "a tutorial on tokens: write <|endoftext|> between documents and pad with <pad>."
+    batch = pa.table({"id": ["q"], "text": [text], "category": ["web"], "lang": ["en"]})
+    tok = Tokenize(str(workdir / "tokenizer"), seed=1)
+    (tokens,) = tok(batch).column("tokens").to_pylist()
+    assert tokens[-1] == 2 and not {0, 1, 2} & set(tokens[:-1])
+    assert tok.tokenizer.decode(tokens[:-1]) == text
+
+
 def test_tokenize_batch_keeps_the_tokenizer_to_one_thread(workdir, monkeypatch):
     from mixing.tokenize import TokenizerInfo, _tokenizer, tokenize_batch
 

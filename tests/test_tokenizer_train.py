@@ -155,3 +155,16 @@ def test_token_script(token, script):
     from tokenizer_training.evaluate import token_script
 
     assert token_script(token) == script
+
+
+def test_loader_refuses_a_broken_file_and_reads_quoted_specials_as_text(tmp_path, trained):
+    from pipeline.config import ConfigError
+    from tokenizer_training.load import load_tokenizer
+
+    (tmp_path / "tokenizer.json").write_text("garbage")
+    with pytest.raises(ConfigError, match="tokenizer.json: not a tokenizers JSON file"):
+        load_tokenizer(tmp_path)
+    trained.save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(tmp_path)
+    text = "quoted <|endoftext|> and <pad>"
+    assert 2 not in tok.encode(text).ids and tok.decode(tok.encode(text).ids) == text

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders
 
+from tokenizer_training.load import load_tokenizer
 from tokenizer_training.sources import list_input_files, read_file
 
 _BATCH = 1024
@@ -56,7 +57,7 @@ def _group(category, lang) -> str:
 
 def evaluate(tok_dir: str | Path, inputs: list[str] | str) -> dict:
     """Per-language bytes/token and tokens/word, vocabulary share per script, round-trip failures."""
-    tok = Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json"))
+    tok = load_tokenizer(tok_dir)
     stats: dict[str, Counter] = defaultdict(Counter)
     failures: list[dict] = []
     started = time.perf_counter()
