@@ -118,6 +118,8 @@ def run_tune(args) -> int:
     from pipeline.langid import LanguageIdentifier
     from pipeline.langid_tune import evaluate, read_labelled, tune
 
+    if not args.min_gain >= 0:
+        raise ConfigError(f"--min-gain: must be >= 0, got {args.min_gain}")
     identifier = LanguageIdentifier(args.model, args.threshold, args.rules)
     rules, report = tune(read_labelled(args.dev), identifier, seed=args.seed, min_gain=args.min_gain)
     identifier.rules = rules

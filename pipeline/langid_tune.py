@@ -10,6 +10,7 @@ result, next to two baselines (`baselines`).
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -17,6 +18,8 @@ import numpy as np
 
 from pipeline.config import ConfigError
 from pipeline.langid_rules import OTHER, LangIdRules, choose, effective_weights
+
+log = logging.getLogger(__name__)
 
 WEIGHT_GRID = tuple(2.0 ** e for e in range(-4, 7))  # 1/16 .. 64
 THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(0, 13))  # 0 .. 0.6
@@ -125,17 +128,23 @@ class Labelled:
 
 
 def read_labelled(path: str, text_field: str = "text", lang_field: str = "lang") -> Labelled:
-    """Rows with a string text and a non-null language label from a JSONL file (.gz/.zst ok)."""
+    """Rows with a string text and a non-empty string language label from a JSONL file (.gz/.zst ok);
+    how many other rows there were is logged as a warning."""
     from pipeline.langid_io import iter_json_records
 
-    texts, labels = [], []
+    texts, labels, skipped = [], [], 0
     for _, _, record in iter_json_records(path):
         text, lang = record.get(text_field), record.get(lang_field)
         if isinstance(text, str) and isinstance(lang, str) and lang:
             texts.append(text)
             labels.append(lang)
+        else:
+            skipped += 1
     if not texts:
         raise ConfigError(f"{path}: no rows with a string {text_field!r} and a {lang_field!r} label")
+    if skipped:
+        log.warning("%s: %d of %d rows skipped: no string %r or no %r label", path, skipped,
+                    skipped + len(texts), text_field, lang_field)
     return Labelled(texts, labels)
 
 

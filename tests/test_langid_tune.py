@@ -47,3 +47,18 @@ def test_tuner_finds_a_planted_prior_and_leaves_the_rest_neutral():
     choice, _ = tuned.decide(probs)
     assert (choice == truth).mean() > 0.99
     assert "en" not in tuned.weights and not tuned.thresholds
+
+
+def test_unlabelled_rows_are_counted_not_dropped_silently(tmp_path, caplog):
+    import json
+    import logging
+
+    from pipeline.langid_tune import read_labelled
+
+    rows = [{"text": "hello", "lang": "en"}, {"text": "hallo"}, {"text": "salut", "lang": None},
+            {"text": 5, "lang": "fr"}, {"text": "hej", "lang": "sv"}]
+    (tmp_path / "dev.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with caplog.at_level(logging.WARNING, logger="pipeline.langid_tune"):
+        dev = read_labelled(str(tmp_path / "dev.jsonl"))
+    assert dev.labels == ["en", "sv"]
+    assert "3 of 5 rows skipped" in caplog.text

@@ -178,11 +178,12 @@ def test_cli_train_and_eval(ray_local, corpus_dirs, tmp_path, capsys):
 
     heldout = tmp_path / "heldout.jsonl"
     _write(heldout, [{"text": "mixed 中文 text 🎉 \x07", "lang": "en"}, {"text": "Cafe\u0301", "lang": "fr"},
-                     {"text": "def g():\n\treturn 1", "category": "code"}])
+                     {"text": "def g():\n\treturn 1", "category": "code"}, {"lang": "en"}])
     args = _parse(["tokenizer-eval", str(out), "--input", str(heldout), "--json"])
     assert args.func(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["roundtrip_failures"] == 0 and report["nfc_only"] == 1
+    assert report["docs"] == 3 and report["skipped_records"] == 1  # the row without text is counted
     assert set(report["languages"]) == {"en", "fr", "code"}
     assert report["languages"]["en"]["bytes_per_token"] > 1.0
     assert {"LATIN", "CJK"} <= set(report["vocab_share_by_script"])
@@ -197,6 +198,13 @@ def test_cli_rejects_bad_values(tmp_path):
         args.func(args)
     args = _parse(["tokenizer-eval", str(tmp_path), "--input", str(tmp_path)])
     with pytest.raises(ConfigError, match="no tokenizer.json"):
+        args.func(args)
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.BPE()).save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "empty.jsonl").write_text("")
+    args = _parse(["tokenizer-eval", str(tmp_path), "--input", str(tmp_path / "empty.jsonl")])
+    with pytest.raises(ConfigError, match="empty.jsonl: no texts to evaluate"):
         args.func(args)
 
 

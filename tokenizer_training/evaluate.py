@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders
 
+from pipeline.config import ConfigError
 from tokenizer_training.load import load_tokenizer
 from tokenizer_training.sources import list_input_files, read_file
 
@@ -60,9 +61,10 @@ def evaluate(tok_dir: str | Path, inputs: list[str] | str) -> dict:
     tok = load_tokenizer(tok_dir)
     stats: dict[str, Counter] = defaultdict(Counter)
     failures: list[dict] = []
+    counters: dict = {}  # read_file counts the records it skips (unparseable, no text)
     started = time.perf_counter()
     for path in list_input_files(inputs):
-        for table in read_file(path, batch_rows=_BATCH):
+        for table in read_file(path, batch_rows=_BATCH, counters=counters):
             texts = table.column("text").to_pylist()
             groups = [_group(c, l) for c, l in zip(table.column("category").to_pylist(),
                                                    table.column("lang").to_pylist())]
@@ -90,10 +92,15 @@ def evaluate(tok_dir: str | Path, inputs: list[str] | str) -> dict:
     total = Counter()
     for s in stats.values():
         total.update(s)
+    skipped = counters.get("bad_records", 0)
+    if not total["docs"]:
+        names = inputs if isinstance(inputs, str) else ", ".join(inputs)
+        raise ConfigError(f"{names}: no texts to evaluate ({skipped} records skipped: unparseable or no text)")
     return {
         "tokenizer": str(tok_dir),
         "vocab_size": tok.get_vocab_size(with_added_tokens=True),
         "docs": total["docs"],
+        "skipped_records": skipped,
         "bytes_per_token": round(total["bytes"] / max(1, total["tokens"]), 4),
         "roundtrip_failures": total["roundtrip_failures"],
         "nfc_only": total["nfc_only"],
@@ -108,7 +115,9 @@ def format_report(report: dict) -> str:
     """Markdown tables for the terminal."""
     lines = [f"tokenizer {report['tokenizer']} ({report['vocab_size']:,} tokens): {report['docs']:,} texts, "
              f"{report['bytes_per_token']} bytes/token, {report['roundtrip_failures']} round-trip failures "
-             f"({report['nfc_only']} texts changed only by NFC)", "",
+             f"({report['nfc_only']} texts changed only by NFC)"
+             + (f"; {report['skipped_records']:,} records skipped (unparseable or no text)"
+                if report["skipped_records"] else ""), "",
              "| lang | docs | bytes/token | tokens/word | round-trip failures | NFC-only |",
              "|---|---:|---:|---:|---:|---:|"]
     for lang, s in report["languages"].items():
