@@ -8,6 +8,7 @@ the final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -29,6 +30,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     half file under the final name.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):  # say so before the work whose result could not be renamed onto it
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
     os.close(fd)

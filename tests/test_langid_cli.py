@@ -119,3 +119,12 @@ def test_lone_surrogates_become_replacement_characters_and_a_bom_is_skipped(tmp_
                                         b'{"text": "pair \\ud83d\\ude00"}\n')
     records = [rec for _, _, rec in iter_json_records(tmp_path / "in.jsonl")]
     assert records == [{"text": "lone \ufffd here", "k": ["\ufffd"]}, {"text": "pair \U0001F600"}]
+
+
+def test_an_output_that_is_a_directory_is_refused_before_any_work(tmp_path):
+    src = tmp_path / "in.jsonl"
+    write_jsonl(src, RECORDS)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(IsADirectoryError, match="out"):
+        xdp("langid", str(src), str(tmp_path / "out"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out"]  # no temp file left

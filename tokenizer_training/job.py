@@ -66,6 +66,8 @@ def train_tokenizer(inputs: list[str] | str, output_dir: str, tok_cfg: Tokenizer
                     ray_cfg: Optional[RayConfig] = None, show_progress: bool = True) -> dict:
     """Train and write the tokenizer directory; returns the training report."""
     validate_tokenizer(tok_cfg)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ConfigError(f"--output: {output_dir} exists and is not a directory")
     ratios = load_ratios(tok_cfg.ratios)
     files = list_input_files(inputs)
     languages = frozenset(ratios.languages)
