@@ -107,17 +107,15 @@ def cmd_stats(args) -> int:
     from pathlib import Path
 
     from mixing.report import write_report
-    from mixing.shards import ShardError
+    from mixing.shards import SHARD_GLOB, ShardError
     from mixing.stats import find_shard_dir, shard_stats
     from pipeline.config import ConfigError, RayConfig
 
     shard_dir = find_shard_dir(args.dir)
     if shard_dir is not None:
-        try:
-            stats = shard_stats(shard_dir, verify=not args.no_verify)
-        except ShardError as exc:
-            print(f"xdp stats: {exc}", file=sys.stderr)
-            return 1
+        stats = shard_stats(shard_dir, verify=not args.no_verify)
+    elif any(Path(args.dir).glob(SHARD_GLOB)):
+        raise ShardError(f"{args.dir}: shards but no manifest.json (an unfinished `xdp mix`?)")
     elif Path(args.dir).is_dir():
         from mixing.job import cleaned_counts
         from mixing.ratios import load_ratios

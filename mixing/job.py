@@ -47,6 +47,11 @@ def _check_cleaned(cleaned_dir: str) -> None:
 
     if not Path(cleaned_dir).is_dir() or not any(Path(cleaned_dir).rglob("*.parquet")):
         raise ConfigError(f"cleaned directory {cleaned_dir}: no Parquet files (run the clean job first)")
+    stray = next((p for p in sorted(Path(cleaned_dir).rglob("*")) if p.is_file() and p.suffix != ".parquet"
+                  and not any(part.startswith((".", "_")) for part in p.relative_to(cleaned_dir).parts)), None)
+    if stray is not None:  # Arrow and Ray Data would fail on it with a traceback
+        raise ConfigError(f"cleaned directory {cleaned_dir}: {stray.relative_to(cleaned_dir)} is not a Parquet "
+                          "file (a cleaned directory holds only the clean job's output)")
     names = pds.dataset(cleaned_dir, format="parquet", partitioning="hive").schema.names
     missing = [c for c in ("id", "text", "category") if c not in names]
     if missing:

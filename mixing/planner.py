@@ -29,6 +29,7 @@ from typing import Mapping
 import numpy as np
 
 from mixing.ratios import RatioTables
+from pipeline.config import ConfigError
 
 CODE = "code"
 _IPF_ITERATIONS = 5000
@@ -249,7 +250,8 @@ def plan_mix(available: Mapping[tuple[str, str], int], ratios: RatioTables, *, t
         raise ValueError(f"max_epochs must be > 0, got {max_epochs}")
     problem = _Problem(available, ratios, max_epochs)
     if not problem.cats:
-        raise ValueError("no tokens available in any bucket covered by the ratio tables")
+        raise ConfigError("no tokens available in any bucket covered by the ratio tables (compare their "
+                          "categories, languages and code_languages with the cleaned data's partitions)")
     if total_tokens is None:
         total, rule = problem.largest_feasible(), "largest feasible"
     else:

@@ -84,6 +84,10 @@ class _ShardIndex:
             ids = table.column("input_ids").combine_chunks()
             cu = table.column("cu_seqlens").combine_chunks()
             rows = ids.values.to_numpy(zero_copy_only=False).reshape(len(ids), self.sequence_length)
+            vocab = self.manifest.get("vocab_size")
+            if vocab is not None and rows.size and int(rows.max()) >= vocab:  # an embedding lookup would fail
+                raise ShardError(f"{self.dir / self.shards[shard]['file']}: token id {int(rows.max())} is outside "
+                                 f"the manifest's vocab_size {vocab}")
             self._groups[key] = (rows, cu.offsets.to_numpy(), cu.values.to_numpy(zero_copy_only=False))
             if len(self._groups) > _CACHED_ROW_GROUPS:
                 self._groups.popitem(last=False)

@@ -116,9 +116,9 @@ def find_shard_dir(path: str | os.PathLike) -> Optional[Path]:
 
 def shard_stats(shard_dir: str | os.PathLike, verify: bool = True) -> dict:
     """The mix statistics of a shard directory; by default every shard's sha256 is checked first."""
-    from mixing.shards import verify_shards
+    from mixing.shards import ShardError, verify_shards
 
     manifest = verify_shards(shard_dir) if verify else read_manifest(shard_dir)
     if "stats" not in manifest:
-        raise ValueError(f"{shard_dir}/{MANIFEST}: no mix statistics (shards not written by `xdp mix`)")
+        raise ShardError(f"{shard_dir}/{MANIFEST}: no mix statistics (shards not written by `xdp mix`)")
     return manifest["stats"]

@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from model.attention import BACKENDS
-    from model.train import TrainConfig, launch_local, launch_ray, loss_fell, train_and_leave
+    from model.train import TrainConfig, launch_local, launch_ray, loss_fell, preflight, train_and_leave
 
     if not (Path(args.shards) / "manifest.json").is_file():
         raise ConfigError(f"--shards {args.shards}: no manifest.json (not a shard directory?)")
@@ -81,12 +81,16 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, resume=args.resume, log_every=args.log_every,
         peak_tflops=args.peak_tflops, verify=not args.no_verify,
     )
-    if args.ray and not under_torchrun:
-        summary = launch_ray(cfg, args.nproc, args.ray_address)
-    elif args.nproc > 1 and not under_torchrun:
-        summary = launch_local(cfg, args.nproc)
-    else:  # one process, or one rank of torchrun's
+    if under_torchrun:  # every rank runs this: each checks the shards it reads, as it opens them
         summary = train_and_leave(cfg)
+    else:  # bad shards or a mismatched checkpoint: one message here, not a traceback from each worker
+        preflight(cfg, args.nproc)
+        if args.ray:
+            summary = launch_ray(cfg, args.nproc, args.ray_address)
+        elif args.nproc > 1:
+            summary = launch_local(cfg, args.nproc)
+        else:
+            summary = train_and_leave(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary), flush=True)
     return 0 if loss_fell(summary) else 1

@@ -69,10 +69,15 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"smoke-train {name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError("smoke-train lr must be > 0 and min_lr_ratio within [0, 1]")
+        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:  # `not >` also refuses NaN
+            raise ConfigError(f"smoke-train lr must be > 0 and min_lr_ratio within [0, 1], got {self.lr}, "
+                              f"{self.min_lr_ratio}")
+        if not self.peak_tflops > 0:
+            raise ConfigError(f"smoke-train peak_tflops must be > 0, got {self.peak_tflops}")
         if self.checkpoint_every < 0:
             raise ConfigError("smoke-train checkpoint_every must be >= 0")
+        if self.checkpoint_every and not self.checkpoint_dir:
+            raise ConfigError("smoke-train checkpoint_every needs a checkpoint_dir (--checkpoint-dir)")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
             raise ConfigError(f"smoke-train warmup_steps must be within [0, steps={self.steps}]")
 
@@ -170,11 +175,57 @@ def _replicas_in_sync(model: torch.nn.Module, world: World) -> Optional[bool]:
     return all(bool(torch.equal(g, gathered[0])) for g in gathered)
 
 
-def _data_order_keys(cfg: TrainConfig, world: World) -> dict:
-    """What a checkpoint must share with the run that resumes it: the model, and what decides which
-    rows each step reads."""
-    return {"preset": cfg.preset, "seed": cfg.seed, "world_size": world.world_size,
-            "rows_per_step": cfg.batch_size * cfg.grad_accum}
+def _data_order_keys(cfg: TrainConfig, world_size: int) -> dict:
+    """What a checkpoint must share with the run that resumes it: the model, the data (shards of one
+    tokenizer and vocabulary), and what decides which rows each step reads."""
+    from mixing.shards import read_manifest
+
+    manifest = read_manifest(cfg.shards)
+    return {"preset": cfg.preset, "seed": cfg.seed, "world_size": world_size,
+            "rows_per_step": cfg.batch_size * cfg.grad_accum, "vocab_size": manifest.get("vocab_size"),
+            "tokenizer_sha256": manifest.get("tokenizer_sha256")}
+
+
+def resume_step(cfg: TrainConfig, world_size: int) -> int:
+    """The step `cfg.resume` is at, once its train state matches this run (else ConfigError)."""
+    from pipeline.config import ConfigError
+
+    path = Path(cfg.resume)
+    try:
+        state = json.loads((path / TRAIN_STATE).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--resume {path}: not a smoke-train checkpoint (no {TRAIN_STATE})") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--resume {path}: unreadable {TRAIN_STATE} ({exc})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ConfigError(f"--resume {path}: {TRAIN_STATE} has no step")
+    for key, have in _data_order_keys(cfg, world_size).items():
+        if state.get(key) != have:
+            raise ConfigError(f"--resume {path}: checkpoint has {key}={state.get(key)!r}, this run {have!r}")
+    if state["step"] >= cfg.steps:
+        raise ConfigError(f"--resume: the checkpoint is at step {state['step']}, nothing left to do for "
+                          f"--steps {cfg.steps}")
+    return state["step"]
+
+
+def preflight(cfg: TrainConfig, world_size: int) -> None:
+    """What can be checked cheaply before any worker starts, so that bad input is one message from
+    the launcher instead of a traceback from every rank: the manifest, that every shard is there, rows
+    for every rank, the resumed checkpoint's state. (Checksums are left to the ranks, each verifying a
+    shard when it first opens it: hashing every shard up front would make a smoke test of a large
+    directory wait for all of it.)"""
+    from mixing.reader import PackedShards
+    from pipeline.config import ConfigError
+
+    dataset = PackedShards(cfg.shards, verify=False)
+    for key in ("vocab_size", "eos_id"):
+        if dataset.manifest.get(key) is None:
+            raise ConfigError(f"{cfg.shards}/manifest.json has no {key!r}")
+    if len(dataset) < world_size:
+        raise ConfigError(f"{cfg.shards}: {len(dataset)} sequences for {world_size} processes; every process "
+                          "needs at least one")
+    if cfg.resume:
+        resume_step(cfg, world_size)
 
 
 @contextlib.contextmanager
@@ -199,7 +250,7 @@ def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, w
     if world.distributed:
         dist.barrier()
     if world.rank == 0:
-        (tmp / TRAIN_STATE).write_text(json.dumps({"step": step, **_data_order_keys(cfg, world)}) + "\n")
+        (tmp / TRAIN_STATE).write_text(json.dumps({"step": step, **_data_order_keys(cfg, world.world_size)}) + "\n")
         if path.exists():
             import shutil
 
@@ -217,20 +268,18 @@ def load_checkpoint(path: Path, model, optimizer, cfg: TrainConfig, world: World
 
     from pipeline.config import ConfigError
 
-    state_file = path / TRAIN_STATE
-    if not state_file.is_file():
-        raise ConfigError(f"--resume {path}: not a smoke-train checkpoint (no {TRAIN_STATE})")
-    state = json.loads(state_file.read_text())
-    for key, have in _data_order_keys(cfg, world).items():
-        if state.get(key) != have:
-            raise ConfigError(f"--resume {path}: checkpoint has {key}={state.get(key)!r}, this run {have!r}")
+    step = resume_step(cfg, world.world_size)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     sd = {"model": model_sd, "optim": optim_sd}
-    with _quiet_single_process_dcp(world):
-        dcp.load(sd, checkpoint_id=str(path))
+    try:
+        with _quiet_single_process_dcp(world):
+            dcp.load(sd, checkpoint_id=str(path))
+    except Exception as exc:  # a missing or truncated .distcp file: dcp raises several types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"--resume {path}: cannot load the checkpoint ({type(exc).__name__}: {first[:300]})") from None
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
-    log.info("resumed from %s at step %d", path, state["step"])
-    return int(state["step"])
+    log.info("resumed from %s at step %d", path, step)
+    return step
 
 
 def _gradient_sync(model: torch.nn.Module, enabled: bool):
@@ -296,11 +345,9 @@ def train(cfg: TrainConfig) -> dict:
     from pipeline.config import ConfigError
 
     world = init_world()
+    preflight(cfg, world.world_size)  # cheap; a launcher has run it already
     dataset = PackedShards(cfg.shards, rank=world.rank, world_size=world.world_size, verify=cfg.verify)
     manifest = dataset.manifest
-    for key in ("vocab_size", "eos_id"):
-        if manifest.get(key) is None:
-            raise ConfigError(f"{cfg.shards}/manifest.json has no {key!r}")
     order = BatchOrder(len(dataset), cfg.batch_size * cfg.grad_accum, cfg.seed)
 
     try:
@@ -315,8 +362,6 @@ def train(cfg: TrainConfig) -> dict:
     model = _wrap(model, cfg, world)
     optimizer = _optimizer(model, cfg, world)
     start = load_checkpoint(Path(cfg.resume), model, optimizer, cfg, world) if cfg.resume else 0
-    if start >= cfg.steps:
-        raise ConfigError(f"--resume: the checkpoint is at step {start}, nothing left to do for --steps {cfg.steps}")
     step_fn = compile_packed(model) if cfg.compile else model
     on_gpu = world.device.type == "cuda"
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu and not cfg.fsdp

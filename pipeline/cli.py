@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xdp: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
     except Exception as exc:
+        shards = sys.modules.get("mixing.shards")  # imported by whatever could raise its ShardError
+        if shards is not None and isinstance(exc, shards.ShardError) and not args.verbose:
+            print(f"xdp: {exc}", file=sys.stderr)
+            return 2
         if args.verbose or "ray" not in sys.modules:
             raise
         from pipeline.ray_session import lost_resources

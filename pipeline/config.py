@@ -307,8 +307,8 @@ def validate(cfg: Config) -> Config:
     _check_range("mixing.sequences_per_shard", cfg.mixing.sequences_per_shard, 1)
     _check_range("mixing.pack_window_sequences", cfg.mixing.pack_window_sequences, 1)
     _check_range("mixing.seed", cfg.mixing.seed, 0, SEED_MAX)
-    if cfg.mixing.total_tokens is not None:
-        _check_range("mixing.total_tokens", cfg.mixing.total_tokens, 1)
+    if cfg.mixing.total_tokens is not None:  # less than one sequence would pack into no shard at all
+        _check_range("mixing.total_tokens", cfg.mixing.total_tokens, cfg.mixing.sequence_length)
     _check_ratios("mixing.ratios", cfg.mixing.ratios)
     return cfg
 

@@ -220,3 +220,16 @@ def test_cleaned_without_required_column_is_a_clear_error(tmp_path):
     pq.write_table(pa.table({"id": ["a"], "category": ["web"]}), tmp_path / "cleaned" / "part-0.parquet")
     with pytest.raises(ConfigError, match="'text'"):
         cleaned_counts(str(tmp_path / "cleaned"))
+
+
+def test_a_stray_file_in_the_cleaned_directory_is_named(workdir, tmp_path):
+    import shutil
+
+    from mixing.job import cleaned_counts
+    from pipeline.config import ConfigError
+
+    cleaned = tmp_path / "cleaned"
+    shutil.copytree(workdir / "cleaned", cleaned)
+    (cleaned / "NOTES.txt").write_text("hand-written notes")
+    with pytest.raises(ConfigError, match="NOTES.txt is not a Parquet file"):
+        cleaned_counts(str(cleaned))

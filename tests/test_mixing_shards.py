@@ -165,7 +165,7 @@ def test_killed_writer_leaves_no_partial_shard(tmp_path):
     assert not (out / "manifest.json").exists()
     for f in finals:
         assert pq.ParquetFile(f).metadata.num_rows == 512
-    with pytest.raises(FileNotFoundError, match="manifest"):
+    with pytest.raises(ShardError, match="no manifest"):
         PackedShards(out)
     write_shards(_sequences(3), out, sequence_length=L)  # a rerun clears what the killed run left
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-00000.parquet"]
@@ -190,6 +190,24 @@ def test_xdp_stats_refuses_a_damaged_shard_and_names_it(shard_dir, damage, capsy
     else:
         del data[len(data) - 100:]
     victim.write_bytes(bytes(data))
-    assert main(["stats", str(path)]) == 1
+    assert main(["stats", str(path)]) == 2
     err = capsys.readouterr().err
     assert "shard-00001.parquet" in err and "does not match the manifest" in err
+
+
+@pytest.mark.parametrize("manifest, message", [("{bad", "cannot read the manifest"), ("[]", "expected a JSON object"),
+                                               (None, "shards but no manifest.json")])
+def test_xdp_stats_on_a_broken_or_missing_manifest_is_one_line(shard_dir, tmp_path, capsys, manifest, message):
+    import shutil
+
+    from pipeline.cli import main
+
+    path = tmp_path / "copy"
+    shutil.copytree(shard_dir[0], path)
+    if manifest is None:
+        (path / "manifest.json").unlink()  # not a cleaned directory either: say what is missing
+    else:
+        (path / "manifest.json").write_text(manifest)
+    assert main(["stats", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

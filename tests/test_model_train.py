@@ -115,6 +115,9 @@ def test_one_process_checkpoint_and_resume_without_warnings(shards, tmp_path):
     (["--steps", "0"], "steps"),
     (["--grad-accum", "0"], "grad_accum"),
     (["--resume", "{missing}"], "no such checkpoint"),
+    (["--lr", "nan"], "lr must be > 0"),
+    (["--checkpoint-every", "1"], "needs a checkpoint_dir"),
+    (["--nproc", "17"], "16 sequences for 17 processes"),  # refused before any worker starts
 ])
 def test_bad_input_is_a_clean_config_error(shards, tmp_path, capsys, args, message):
     args = [a.replace("{missing}", str(tmp_path / "nope")) for a in args]
@@ -122,6 +125,38 @@ def test_bad_input_is_a_clean_config_error(shards, tmp_path, capsys, args, messa
         args = ["--shards", str(shards), *args]
     assert xdp_main(["smoke-train", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: "{broken", "cannot read the manifest"),
+    (lambda m: [m], "expected a JSON object"),
+    (lambda m: {**m, "shards": [{"file": "shard-00000.parquet"}]}, "shards must be a list"),
+    (lambda m: {**m, "eos_id": m["vocab_size"]}, "eos_id must be an integer below vocab_size"),
+    (lambda m: {**m, "vocab_size": 10}, "outside the manifest's vocab_size 10"),  # found when rows are read
+])
+def test_a_damaged_manifest_is_one_line_not_a_traceback(shards, tmp_path, capsys, edit, message):
+    import shutil
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edited = edit(manifest)
+    (copy / "manifest.json").write_text(edited if isinstance(edited, str) else json.dumps(edited))
+    assert xdp_main(["smoke-train", "--shards", str(copy), "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_resume_refuses_shards_of_another_tokenizer(shards, tmp_path, capsys):
+    import shutil
+
+    assert xdp_main(["smoke-train", "--shards", str(shards), "--steps", "2", "--checkpoint-dir", str(tmp_path)]) == 0
+    other = tmp_path / "other"
+    shutil.copytree(shards, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "tokenizer_sha256": "f" * 64}))
+    assert xdp_main(["smoke-train", "--shards", str(other), "--steps", "4", "--resume", str(tmp_path / "step-2")]) == 2
+    assert "tokenizer_sha256" in capsys.readouterr().err
 
 
 def test_schedule_and_verdict():

@@ -41,6 +41,7 @@ def test_defaults_and_relative_paths(tmp_path):
     ({"dedup": {"seed": -1}}, "dedup.seed: -1 is out of range"),
     ({"mixing": {"seed": 2**32}}, "mixing.seed: 4294967296 is out of range"),
     ({"read": {"raw_preview_chars": -5}}, "read.raw_preview_chars: -5 is out of range"),
+    ({"mixing": {"total_tokens": 1}}, "mixing.total_tokens: 1 is out of range (must be >= 16384)"),
     ({"ray": {"object_store_memory": -5}}, "ray.object_store_memory: -5 is out of range"),
 ])
 def test_bad_fields_are_named(tmp_path, overrides, message):
