@@ -204,8 +204,9 @@ def _pack_and_write(ordered, cfg: MixingConfig, info: TokenizerInfo, shard_dir: 
         for batch in ordered:
             tokens = batch.column("tokens").combine_chunks()
             offsets, values = tokens.offsets.to_numpy(), tokens.values.to_numpy()
+            contents = batch.column("content").to_pylist()  # the text's hash: copies share it
             for i in range(len(tokens)):
-                for seq in packer.add(values[offsets[i]:offsets[i + 1]]):
+                for seq in packer.add(values[offsets[i]:offsets[i + 1]], group=contents[i]):
                     writer.add(seq.tokens, seq.cu_seqlens)
             bar.update(len(tokens))
         for seq in packer.flush():

@@ -64,3 +64,24 @@ def test_deterministic_and_seeded_order():
     c, _ = _pack(docs, 64, seed=1)
     assert [s.tokens.tolist() for s in a] == [s.tokens.tolist() for s in b]
     assert [s.tokens.tolist() for s in a] != [s.tokens.tolist() for s in c]
+
+
+def test_copies_of_a_document_never_share_a_sequence():
+    """An upsampled bucket gives equal-length copies, which best-fit would otherwise put side by side."""
+    base = _docs(300, 30, seed=3)
+    docs = [d for d in base for _ in range(3)]  # every document three times, copies adjacent
+    packer = Packer(128, window_sequences=64, seed=0)
+    seqs = [s for d in docs for s in packer.add(d, group=int(d[0]))] + packer.flush()
+    for s in seqs:
+        names = [int(s.tokens[a]) for a in s.cu_seqlens[:-1]]
+        assert len(names) == len(set(names))
+    assert packer.stats.tokens == sum(len(d) for d in docs) and packer.stats.efficiency > 0.99
+    unconstrained, _ = _pack(docs, 128, window=64)
+    assert any(len({int(s.tokens[a]) for a in s.cu_seqlens[:-1]}) < len(s.cu_seqlens) - 1 for s in unconstrained)
+
+
+def test_best_fit_keeps_groups_apart():
+    # without groups the two 5s would share bin 0; with them the second 5 opens a bin
+    assert best_fit_decreasing(np.array([5, 5]), 10) == [[0, 1]]
+    assert best_fit_decreasing(np.array([5, 5]), 10, groups=["a", "a"]) == [[0], [1]]
+    assert best_fit_decreasing(np.array([5, 5, 4]), 10, groups=["a", "a", None]) == [[0, 2], [1]]
