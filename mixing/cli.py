@@ -65,6 +65,7 @@ def _print_tables(stats: dict, out=sys.stdout) -> None:
 
 def cmd_plan(args) -> int:
     from mixing.job import default_dirs, plan_cleaned
+    from mixing.stats import mix_stats
     from pipeline.config import load_config
 
     cfg = load_config(args.config)
@@ -86,7 +87,7 @@ def cmd_plan(args) -> int:
     if plan.excluded:
         print(f"\nexcluded: {len(plan.excluded)} buckets, {sum(e['available'] for e in plan.excluded.values()):,}"
               " tokens (outside the ratio tables)")
-    for issue in plan.issues:
+    for issue in mix_stats(plan, selections, {}, None)["issues"]:  # the plan's, then the selection's
         print(f"not met: {issue['table']}.{issue['name']}: {issue['status']}: {issue['detail']}")
     return 0
 

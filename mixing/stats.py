@@ -47,6 +47,24 @@ def _table_tokens(bucket_tokens: Mapping[tuple[str, str], float]) -> dict[str, d
     return out
 
 
+REALIZED_TOLERANCE = 0.005  # a share this far (0.5 pp) from the plan is reported, as is one not realized at all
+
+
+def selection_issues(tables: Mapping[str, Mapping[str, dict]]) -> list[dict]:
+    """Entries whose selected documents miss the plan: none selected although tokens were planned (a
+    bucket planned below one of its documents, as thin languages in a small mix), or more than
+    `REALIZED_TOLERANCE` off. `tables`: `table_stats` output with `planned` shares."""
+    issues = []
+    for table, entries in tables.items():
+        for name, e in entries.items():
+            planned, realized = e.get("planned", 0.0), e["realized"]
+            if planned > 0 and (realized == 0 or abs(realized - planned) > REALIZED_TOLERANCE):
+                issues.append({"table": table, "name": name, "status": "not realized",
+                               "detail": f"planned {100 * planned:.3f} %, selected {100 * realized:.3f} % "
+                                         "(documents are selected whole; the bucket's are large for its plan)"})
+    return issues
+
+
 def mix_stats(plan: MixPlan, selections: Mapping[tuple[str, str], BucketSelection], packing: dict,
               stages: Optional[dict]) -> dict:
     """The stats document of a finished mix (the `xdp stats --json` shape)."""
@@ -64,7 +82,7 @@ def mix_stats(plan: MixPlan, selections: Mapping[tuple[str, str], BucketSelectio
                                  "epochs": s.tokens / planned[(c, k)].available}
                     for (c, k), s in selections.items()},
         "excluded": plan.excluded,
-        "issues": plan.issues,
+        "issues": plan.issues + selection_issues({t: out[t] for t in TABLES}),
         "packing": packing,
     })
     if stages is not None:

@@ -233,3 +233,17 @@ def test_a_stray_file_in_the_cleaned_directory_is_named(workdir, tmp_path):
     (cleaned / "NOTES.txt").write_text("hand-written notes")
     with pytest.raises(ConfigError, match="NOTES.txt is not a Parquet file"):
         cleaned_counts(str(cleaned))
+
+
+def test_entries_the_selection_misses_are_reported():
+    """A thin language planned below one of its documents gets none: the stats must say so."""
+    from mixing.stats import selection_issues, table_stats
+
+    shares = {"en": 0.995, "ar": 0.003, "sw": 0.002}
+    tables = {"languages": table_stats(shares, {"en": 997, "sw": 2}, planned=shares),
+              "categories": table_stats({"web": 1.0}, {"web": 1000}, planned={"web": 1.0})}
+    issues = selection_issues(tables)
+    assert [(i["table"], i["name"], i["status"]) for i in issues] == [("languages", "ar", "not realized")]
+    assert "planned 0.300 %, selected 0.000 %" in issues[0]["detail"]
+    tables["languages"]["en"]["realized"] = 0.985  # 1 pp off: reported too
+    assert [i["name"] for i in selection_issues(tables)] == ["en", "ar"]
