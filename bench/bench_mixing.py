@@ -4,6 +4,8 @@ Measures, in one run on the same machine:
 1. Ratio accuracy of the full Ray job (`mixing.job.mix_from_config`): realized vs target share for
    every category, language and programming language (the corpus' declared labels stand in for the
    clean job's output), and packing efficiency / documents split vs concatenate-and-chunk.
+   Also in-context repeats: copies of one document in one sequence, as written (kept apart) and with
+   the same pieces repacked by plain best-fit (copies allowed together).
 2. Throughput per core, single process, on the same text: our tokenize (+EOS, hashes, Arrow) + best-fit
    pack + shard write against bare `tokenizers` `encode_batch` (and `encode_batch_fast`).
 
@@ -32,6 +34,43 @@ import zstandard
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 CORPUS = REPO / ".." / "shared" / "corpus" / "docs"
+
+
+def copies_table(shard_dir: Path) -> str:
+    """In-context repeats of the written shards (copies of a document kept apart) against the same
+    pieces repacked by plain best-fit (copies allowed together), as a markdown table."""
+    from mixing.packing import best_fit_decreasing
+    from mixing.reader import PackedShards
+
+    shards = PackedShards(shard_dir, verify=False)
+    length = shards.sequence_length
+    rows = []  # per sequence: [(piece length, piece content hash)]
+    for i in range(len(shards)):
+        ids, cu = shards[i]["input_ids"].numpy(), shards[i]["cu_seqlens"].tolist()
+        rows.append([(b - a, xxhash.xxh64_intdigest(ids[a:b].tobytes())) for a, b in zip(cu, cu[1:])])
+    pieces = [p for row in rows for p in row]
+    lengths = np.array([n for n, _ in pieces])
+    repacked = [[pieces[i] for i in b] for b in best_fit_decreasing(lengths, length)]
+
+    def measure(seqs) -> tuple[int, float, int, float]:
+        repeat_rows, repeat_tokens = 0, 0
+        for row in seqs:
+            seen: set = set()
+            repeats = sum(n for n, h in row if h in seen or seen.add(h))
+            repeat_rows += repeats > 0
+            repeat_tokens += repeats
+        total = int(lengths.sum())
+        return len(seqs), total / (len(seqs) * length), repeat_rows, repeat_tokens / total
+
+    ours, plain = measure(rows), measure(repacked)
+    lines = ["| | copies kept apart (xdp) | copies allowed (plain best-fit, same pieces) |", "|---|---:|---:|",
+             f"| sequences | {ours[0]:,} | {plain[0]:,} |",
+             f"| efficiency | {100 * ours[1]:.3f}% | {100 * plain[1]:.3f}% |",
+             f"| sequences holding a document twice or more | {ours[2]:,} | {plain[2]:,} |",
+             f"| tokens repeating a document earlier in their sequence | {100 * ours[3]:.1f}% | {100 * plain[3]:.1f}% |",
+             f"| tokens neither padding nor such a repeat | {100 * ours[1] * (1 - ours[3]):.3f}% | "
+             f"{100 * plain[1] * (1 - plain[3]):.3f}% |"]
+    return "\n".join(lines)
 
 
 def load_corpus() -> pa.Table:
@@ -173,6 +212,7 @@ def main() -> int:
     print(f"| sequences of 16,384 | {p['sequences']:,} |\n| efficiency | {100 * p['efficiency']:.3f}% |")
     print(f"| documents | {p['documents']:,} |\n| split (best-fit) | {p['split_documents']:,} |")
     print(f"| split (concatenate-and-chunk, same order) | {p['concat_split_documents']:,} |\n")
+    print(copies_table(work / "out" / "shards") + "\n")
     print(f"Entries off target by more than 0.5 pp: {len(misses)}\n")
     if misses:
         print("| table | entry | diff (pp) | reason |\n|---|---|---:|---|")
