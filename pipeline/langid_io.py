@@ -58,8 +58,6 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[int, str, dict]]:
             yield line_no, line, _without_surrogates(record) if _SURROGATE_ESCAPE.search(line) else record
     except ReadError as exc:
         raise ConfigError(f"{path}:{line_no + 1}: the file breaks here ({exc})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from None
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON's escape of a UTF-16 surrogate
