@@ -467,9 +467,31 @@ def launch_local(cfg: TrainConfig, nproc: int) -> dict:
 
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from mixing.shards import ShardError
+    from pipeline.config import ConfigError
+
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
-    results = elastic_launch(config, _elastic_entry)(dataclasses.asdict(cfg))
+    # The launcher logs every failed rank's traceback; ChildFailedError carries the same, so it alone
+    # is reported below (as one line for bad input, else with the ranks' tracebacks).
+    launcher_log = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
+    level = launcher_log.level
+    launcher_log.setLevel(logging.CRITICAL)
+    try:
+        results = elastic_launch(config, _elastic_entry)(dataclasses.asdict(cfg))
+    except ChildFailedError as exc:
+        # A rank that met bad input (a shard failing its checksum when first opened) says so in one line,
+        # as one process would; anything else keeps the launcher's report with every rank's traceback.
+        failure = exc.get_first_failure()[1].message
+        message = failure.get("message", "") if isinstance(failure, dict) else str(failure)
+        for error in (ShardError, ConfigError):
+            if message.startswith(f"{error.__name__}: "):
+                raise error(message[len(error.__name__) + 2:]) from None
+        raise
+    finally:
+        launcher_log.setLevel(level)
     return results[0]
 
 

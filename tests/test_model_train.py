@@ -147,6 +147,22 @@ def test_a_damaged_manifest_is_one_line_not_a_traceback(shards, tmp_path, capsys
     assert message in err and "Traceback" not in err
 
 
+def test_a_corrupt_shard_found_by_a_rank_is_one_line(shards, tmp_path, capsys):
+    """Checksums are checked by each rank as it opens a shard: the launcher turns the rank's ShardError
+    into the one line a single process prints, not a traceback per rank."""
+    import shutil
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    victim = copy / "shard-00001.parquet"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    victim.write_bytes(bytes(data))
+    assert xdp_main(["smoke-train", "--shards", str(copy), "--steps", "2", "--nproc", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "shard-00001.parquet: sha256" in err and "Traceback" not in err
+
+
 def test_resume_refuses_shards_of_another_tokenizer(shards, tmp_path, capsys):
     import shutil
 
