@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
 import stat
 from typing import IO, Iterator, Optional
@@ -114,7 +115,7 @@ class RecordValidator:
         code_lang = record.get(spec.code_lang_field) if spec.code_lang_field else None
         path = record.get(spec.path_field) if spec.path_field else None
         extra = {k: v for k, v in record.items() if k not in self.consumed}
-        meta = replace_surrogates(json.dumps(extra, ensure_ascii=False, sort_keys=True, default=str)) if extra else None
+        meta = replace_surrogates(_strict_json(extra)) if extra else None
         return dict(id=replace_surrogates(str(doc_id)), text=text, category=category,
                     code_lang=replace_surrogates(code_lang) if isinstance(code_lang, str) else None,
                     path=replace_surrogates(path) if isinstance(path, str) else None,
@@ -126,6 +127,25 @@ class RecordValidator:
         limit = self.cfg.raw_preview_chars
         cut = {k: v[:limit] if isinstance(v, (str, bytes)) else v for k, v in record.items()}
         return json.dumps(cut, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def _strict_json(value) -> str:
+    """JSON that strict readers (Arrow, DuckDB) accept: NaN and infinities, which Parquet floats and
+    Python's json allow but JSON has no number for, become strings ("nan", "inf")."""
+    try:
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), ensure_ascii=False, sort_keys=True, default=str, allow_nan=False)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 _FILE_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),

@@ -128,3 +128,16 @@ def test_code_keeps_indentation_prose_is_tidied():
     assert normalize_text(code, is_code=True) == "def f(x):\n    return x\t# tab"
     prose = "  Cafe\u0301   au\tlait \n\n\n\n next\u200b line "
     assert normalize_text(prose) == "Café au lait\n\nnext\u200b line"
+
+
+def test_meta_is_strict_json_even_for_nan_and_bytes(tmp_path):
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": ["ok text"], "score": [float("nan")], "blob": [b"\xff\x00"],
+                             "nested": [[float("-inf"), 1.0]]}), path)
+    meta = _read(path, "parquet").column("meta")[0].as_py()
+
+    def not_json(constant):
+        raise AssertionError(f"{constant} is not a JSON number: {meta}")
+
+    parsed = json.loads(meta, parse_constant=not_json)  # NaN, Infinity: what strict readers refuse
+    assert parsed["score"] == "nan" and parsed["nested"] == ["-inf", 1.0] and isinstance(parsed["blob"], str)
