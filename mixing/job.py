@@ -45,13 +45,16 @@ def _check_cleaned(cleaned_dir: str) -> None:
     """Fail in the driver, with the column's name, before any Ray work starts."""
     import pyarrow.dataset as pds
 
-    if not Path(cleaned_dir).is_dir() or not any(Path(cleaned_dir).rglob("*.parquet")):
+    root = Path(cleaned_dir)
+    # What Arrow and Ray Data read: every file not hidden by a leading "." or "_" in its path.
+    files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    files = [f for f in files if not any(part.startswith((".", "_")) for part in f.parts)]
+    if not any(f.suffix == ".parquet" for f in files):
         raise ConfigError(f"cleaned directory {cleaned_dir}: no Parquet files (run the clean job first)")
-    stray = next((p for p in sorted(Path(cleaned_dir).rglob("*")) if p.is_file() and p.suffix != ".parquet"
-                  and not any(part.startswith((".", "_")) for part in p.relative_to(cleaned_dir).parts)), None)
+    stray = next((f for f in files if f.suffix != ".parquet"), None)
     if stray is not None:  # Arrow and Ray Data would fail on it with a traceback
-        raise ConfigError(f"cleaned directory {cleaned_dir}: {stray.relative_to(cleaned_dir)} is not a Parquet "
-                          "file (a cleaned directory holds only the clean job's output)")
+        raise ConfigError(f"cleaned directory {cleaned_dir}: {stray} is not a Parquet file (a cleaned directory "
+                          "holds only the clean job's output)")
     names = pds.dataset(cleaned_dir, format="parquet", partitioning="hive").schema.names
     missing = [c for c in ("id", "text", "category") if c not in names]
     if missing:

@@ -30,8 +30,9 @@ def best_fit_decreasing(lengths: np.ndarray, capacity: int, groups: Optional[Seq
     """Assign items (all <= capacity) to bins; returns, per bin, the item indices in placement order.
 
     With `groups`, items of one group never share a bin: an item goes to the fullest bin that has room
-    and holds none of its group (an item whose group is None goes anywhere). Ties go to the lowest-numbered bin, and equal lengths keep input
-    order, so the result is a pure function of `lengths` and `groups`.
+    and holds none of its group (an item whose group is None goes anywhere). Ties go to the
+    lowest-numbered bin, and equal lengths keep input order, so the result is a pure function of
+    `lengths` and `groups`.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     if lengths.size and (lengths.max() > capacity or lengths.min() < 1):

@@ -208,10 +208,10 @@ def resume_step(cfg: TrainConfig, world_size: int) -> int:
     return state["step"]
 
 
-def preflight(cfg: TrainConfig, world_size: int) -> None:
+def preflight(cfg: TrainConfig, world_size: int) -> int:
     """What can be checked cheaply before any worker starts, so that bad input is one message from
     the launcher instead of a traceback from every rank: the manifest, that every shard is there, rows
-    for every rank, the resumed checkpoint's state. (Checksums are left to the ranks, each verifying a
+    for every rank, the resumed checkpoint's state. Returns the step to start from. (Checksums are left to the ranks, each verifying a
     shard when it first opens it: hashing every shard up front would make a smoke test of a large
     directory wait for all of it.)"""
     from mixing.reader import PackedShards
@@ -224,8 +224,7 @@ def preflight(cfg: TrainConfig, world_size: int) -> None:
     if len(dataset) < world_size:
         raise ConfigError(f"{cfg.shards}: {len(dataset)} sequences for {world_size} processes; every process "
                           "needs at least one")
-    if cfg.resume:
-        resume_step(cfg, world_size)
+    return resume_step(cfg, world_size) if cfg.resume else 0
 
 
 @contextlib.contextmanager
@@ -261,14 +260,13 @@ def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, w
         dist.barrier()
 
 
-def load_checkpoint(path: Path, model, optimizer, cfg: TrainConfig, world: World) -> int:
-    """Restore weights and optimizer state in place; returns the number of steps already done."""
+def load_checkpoint(path: Path, model, optimizer, step: int, world: World) -> None:
+    """Restore weights and optimizer state in place from a checkpoint `resume_step` accepted at `step`."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     from pipeline.config import ConfigError
 
-    step = resume_step(cfg, world.world_size)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     sd = {"model": model_sd, "optim": optim_sd}
     try:
@@ -279,7 +277,6 @@ def load_checkpoint(path: Path, model, optimizer, cfg: TrainConfig, world: World
         raise ConfigError(f"--resume {path}: cannot load the checkpoint ({type(exc).__name__}: {first[:300]})") from None
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     log.info("resumed from %s at step %d", path, step)
-    return step
 
 
 def _gradient_sync(model: torch.nn.Module, enabled: bool):
@@ -345,7 +342,7 @@ def train(cfg: TrainConfig) -> dict:
     from pipeline.config import ConfigError
 
     world = init_world()
-    preflight(cfg, world.world_size)  # cheap; a launcher has run it already
+    start = preflight(cfg, world.world_size)  # cheap; a launcher has run it already
     dataset = PackedShards(cfg.shards, rank=world.rank, world_size=world.world_size, verify=cfg.verify)
     manifest = dataset.manifest
     order = BatchOrder(len(dataset), cfg.batch_size * cfg.grad_accum, cfg.seed)
@@ -361,7 +358,8 @@ def train(cfg: TrainConfig) -> dict:
     flops_model = model
     model = _wrap(model, cfg, world)
     optimizer = _optimizer(model, cfg, world)
-    start = load_checkpoint(Path(cfg.resume), model, optimizer, cfg, world) if cfg.resume else 0
+    if cfg.resume:
+        load_checkpoint(Path(cfg.resume), model, optimizer, start, world)
     step_fn = compile_packed(model) if cfg.compile else model
     on_gpu = world.device.type == "cuda"
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu and not cfg.fsdp
@@ -465,9 +463,8 @@ def launch_local(cfg: TrainConfig, nproc: int) -> dict:
     """Start `nproc` processes on this host with torchrun's launcher (same env as `torchrun --standalone`)."""
     import uuid
 
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from mixing.shards import ShardError
     from pipeline.config import ConfigError

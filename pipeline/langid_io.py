@@ -36,7 +36,7 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[int, str, dict]]:
     clean job's reader, so no library downstream meets a string it cannot encode.
     """
     from pipeline.config import ConfigError
-    from pipeline.read import ReadError, jsonl_lines
+    from pipeline.read import ReadError, jsonl_lines, map_json
 
     fmt = {"gz": "jsonl.gz", "zst": "jsonl.zst"}.get(_compression(path), "jsonl")
     line_no = 0
@@ -55,22 +55,14 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[int, str, dict]]:
                 raise ConfigError(f"{path}:{line_no}: not valid JSON ({msg})") from None
             if not isinstance(record, dict):
                 raise ConfigError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            yield line_no, line, _without_surrogates(record) if _SURROGATE_ESCAPE.search(line) else record
+            if _SURROGATE_ESCAPE.search(line):
+                record = map_json(record, lambda v: replace_surrogates(v) if isinstance(v, str) else v)
+            yield line_no, line, record
     except ReadError as exc:
         raise ConfigError(f"{path}:{line_no + 1}: the file breaks here ({exc})") from None
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON's escape of a UTF-16 surrogate
-
-
-def _without_surrogates(value):
-    if isinstance(value, str):
-        return replace_surrogates(value)
-    if isinstance(value, dict):
-        return {replace_surrogates(k): _without_surrogates(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_without_surrogates(v) for v in value]
-    return value
 
 
 @contextlib.contextmanager

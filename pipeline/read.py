@@ -121,12 +121,19 @@ class RecordValidator:
                     path=replace_surrogates(path) if isinstance(path, str) else None,
                     source=self.file.source, position=position, n_chars=len(text), meta=meta)
 
-
     def _preview(self, record: dict) -> str:
         """A Parquet row as JSON, each string cut to the preview length first (a huge text costs nothing)."""
         limit = self.cfg.raw_preview_chars
-        cut = {k: v[:limit] if isinstance(v, (str, bytes)) else v for k, v in record.items()}
-        return json.dumps(cut, ensure_ascii=False, sort_keys=True, default=str)
+        return _strict_json({k: v[:limit] if isinstance(v, (str, bytes)) else v for k, v in record.items()})
+
+
+def map_json(value, leaf):
+    """A decoded JSON value (or Parquet row) with `leaf` applied to every scalar and every key."""
+    if isinstance(value, dict):
+        return {leaf(k): map_json(v, leaf) for k, v in value.items()}
+    if isinstance(value, list):
+        return [map_json(v, leaf) for v in value]
+    return leaf(value)
 
 
 def _strict_json(value) -> str:
@@ -135,17 +142,8 @@ def _strict_json(value) -> str:
     try:
         return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str, allow_nan=False)
     except ValueError:
-        return json.dumps(_finite(value), ensure_ascii=False, sort_keys=True, default=str, allow_nan=False)
-
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+        finite = map_json(value, lambda v: str(v) if isinstance(v, float) and not math.isfinite(v) else v)
+        return json.dumps(finite, ensure_ascii=False, sort_keys=True, default=str, allow_nan=False)
 
 
 _FILE_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
