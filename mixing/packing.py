@@ -10,13 +10,15 @@ window and carries the pieces of its least-filled sequences (at most a quarter o
 next window, where smaller documents can still fill them; only the final flush pads them.
 
 Copies of one document (a bucket sampled for more than one epoch) never share a sequence: copies have
-equal lengths, so best-fit decreasing would otherwise place them side by side (in the demo mix, 52 of
+equal lengths, so best-fit decreasing would otherwise place them side by side (in the demo mix, 55 of
 82 sequences held one document two or more times), and a model sees a text repeated within its
-context, which teaches copying rather than the text.
+context, which teaches copying rather than the text. Placing the most-copied pieces first keeps that
+rule from costing sequences: on the shared-corpus mix it packs into the 924 sequences its tokens need.
 """
 from __future__ import annotations
 
 import bisect
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -30,14 +32,23 @@ def best_fit_decreasing(lengths: np.ndarray, capacity: int, groups: Optional[Seq
     """Assign items (all <= capacity) to bins; returns, per bin, the item indices in placement order.
 
     With `groups`, items of one group never share a bin: an item goes to the fullest bin that has room
-    and holds none of its group (an item whose group is None goes anywhere). Ties go to the
-    lowest-numbered bin, and equal lengths keep input order, so the result is a pure function of
-    `lengths` and `groups`.
+    and holds none of its group (an item whose group is None goes anywhere). Items of the largest
+    groups are then placed first, each size class longest first: copies need as many bins as they
+    are, so they go while every bin still has room, and items free to go anywhere fill the last gaps.
+    Longest-first alone leaves the smallest copies for last, when only the few bins opened at the end
+    have room, and each copy of them opens one more. Ties go to the lowest-numbered bin, and equal
+    keys keep input order, so the result is a pure function of `lengths` and `groups`.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     if lengths.size and (lengths.max() > capacity or lengths.min() < 1):
         raise ValueError(f"item lengths must be in [1, {capacity}]")
-    order = np.argsort(-lengths, kind="stable")
+    if groups is None:
+        order = np.argsort(-lengths, kind="stable")
+    else:
+        sizes = Counter(g for g in groups if g is not None)
+        copies = np.fromiter((sizes[g] if g is not None else 1 for g in groups), dtype=np.int64,
+                             count=lengths.size)
+        order = np.lexsort((-lengths, -copies))
     bins: list[list[int]] = []
     members: list[set] = []  # groups in each bin
     open_keys: list[int] = []  # sorted keys of bins with room left

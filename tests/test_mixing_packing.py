@@ -85,3 +85,8 @@ def test_best_fit_keeps_groups_apart():
     assert best_fit_decreasing(np.array([5, 5]), 10) == [[0, 1]]
     assert best_fit_decreasing(np.array([5, 5]), 10, groups=["a", "a"]) == [[0], [1]]
     assert best_fit_decreasing(np.array([5, 5, 4]), 10, groups=["a", "a", None]) == [[0, 2], [1]]
+
+
+def test_copies_are_placed_before_free_items_so_they_need_no_extra_bin():
+    # longest first would pair the two 5s and leave the two copies of "a" a bin each (3 bins)
+    assert best_fit_decreasing(np.array([5, 4, 4, 5]), 10, groups=[None, "a", "a", None]) == [[1, 0], [2, 3]]
