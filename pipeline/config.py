@@ -208,7 +208,8 @@ def infer_format(path: str) -> Optional[str]:
     return None
 
 
-def _is_uri(path: str) -> bool:
+def is_uri(path: str) -> bool:
+    """A remote location (`s3://`, `gs://`, ...) for fsspec; `file://` and plain paths are local."""
     return "://" in path and not path.startswith("file://")
 
 
@@ -278,7 +279,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{where}: set category or category_field, not both")
         if src.category is not None and src.category not in CATEGORIES:
             raise ConfigError(f"{where}.category: unknown category {src.category!r} (one of {', '.join(CATEGORIES)})")
-        if not _is_uri(src.path):
+        if not is_uri(src.path):
             local = src.path[len("file://"):] if src.path.startswith("file://") else src.path
             # the first match is enough (a full `**` listing through a symlink loop would not end)
             if not (os.path.exists(local) or next(glob.iglob(local, recursive=True), None)):
@@ -315,7 +316,7 @@ def validate(cfg: Config) -> Config:
 
 def _resolve_paths(cfg: Config, base: Path) -> None:
     def fix(p: Optional[str]) -> Optional[str]:
-        if p is None or _is_uri(p) or os.path.isabs(p) or p.startswith("file://"):
+        if p is None or is_uri(p) or os.path.isabs(p) or p.startswith("file://"):
             return p
         return os.path.normpath(str(base / p))
 

@@ -21,7 +21,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from pipeline.config import Config, ConfigError, infer_format
+from pipeline.config import Config, ConfigError, infer_format, is_uri
 from pipeline.normalize import replace_surrogates
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,6 @@ class InputFile:
     url: str  # what to open: a local path or a URI
     source: str  # stable display name, relative to the source's root
     format: str
-
-
-def _is_uri(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
 
 
 def _root_of(pattern: str) -> str:
@@ -151,7 +147,7 @@ def list_input_files(cfg: Config) -> list[InputFile]:
     matches no record file, or if two sources list the same file (its documents would be read twice)."""
     listed: list[tuple[int, str, str, str]] = []  # (spec_index, url, root, format)
     for spec_index, spec in enumerate(cfg.inputs):
-        files, root = (_list_remote if _is_uri(spec.path) else _list_local)(spec.path)
+        files, root = (_list_remote if is_uri(spec.path) else _list_local)(spec.path)
         # Files no format fits are a README or stats file next to the data, not record files.
         matched = [(spec_index, f, root, fmt) for f in files if (fmt := spec.format or infer_format(f))]
         if not matched:
@@ -167,7 +163,7 @@ def list_input_files(cfg: Config) -> list[InputFile]:
 
 
 def _absolute(path: str) -> str:
-    return path if _is_uri(path) else os.path.abspath(path)
+    return path if is_uri(path) else os.path.abspath(path)
 
 
 def _relative(url: str, root: str) -> str:
@@ -179,7 +175,7 @@ def _relative(url: str, root: str) -> str:
 def _refuse_overlaps(listed: list[tuple[int, str, str, str]]) -> None:
     first: dict[str, int] = {}
     for spec_index, url, _, _ in listed:
-        key = url if _is_uri(url) else os.path.realpath(url)
+        key = url if is_uri(url) else os.path.realpath(url)
         seen = first.setdefault(key, spec_index)
         if seen != spec_index:
             raise ConfigError(f"inputs[{seen}] and inputs[{spec_index}] both list {url}: its documents would be "
@@ -190,7 +186,7 @@ def _names_under_common_root(urls: list[str], roots: list[str]) -> list[str]:
     """Names relative to the deepest directory above every source's root, for sources whose own
     names clash (`a/data/` and `b/data/` both hold `data/in.jsonl`). Unique, as paths below one
     directory are; full URLs where the sources share no root (local and remote, two protocols)."""
-    protocols = {url.split("://", 1)[0] if _is_uri(url) else "" for url in urls}
+    protocols = {url.split("://", 1)[0] if is_uri(url) else "" for url in urls}
     if len(protocols) > 1:
         return list(urls)
     (protocol,) = protocols
