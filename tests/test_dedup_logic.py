@@ -19,7 +19,8 @@ def test_partition_of_is_stable_and_in_range():
     values = pa.array([f"id{i}" for i in range(1000)])
     parts = dedup.partition_of(values, 7)
     assert parts.min() >= 0 and parts.max() == 6
-    np.testing.assert_array_equal(parts, dedup.partition_of(values, 7))
+    # pinned: every Ray worker (another process, another machine) must route a key to the same partition
+    assert parts[:8].tolist() == [5, 2, 0, 4, 1, 6, 2, 2]
     assert len(set(parts.tolist())) == 7
 
 

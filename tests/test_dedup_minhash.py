@@ -112,7 +112,7 @@ def test_lsh_params_are_datasketchs_optimum():
 def test_mix_rows_is_order_sensitive_and_stable():
     a = mix_rows(np.array([[1, 2, 3], [3, 2, 1]], dtype=np.uint64))
     assert a[0] != a[1]
-    np.testing.assert_array_equal(a, mix_rows(np.array([[1, 2, 3], [3, 2, 1]], dtype=np.uint64)))
+    assert a.tolist() == [16604450817406905168, 5384294120976345814]  # pinned: the same in every process
 
 
 def test_dedup_module_exports_the_minhasher():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -132,7 +133,11 @@ def test_label_propagation_that_cannot_converge_fails_clearly(ray_local, tmp_pat
         chain.append(_mutate(rng, chain[-1], 2))
     ds = ray_local.data.from_items([{"id": f"c{i}", "text": " ".join(w)} for i, w in enumerate(chain)])
     with pytest.raises(RuntimeError, match="max_iterations"):
-        near_dedup(ds, DedupConfig(num_partitions=2, max_iterations=1), str(tmp_path))
+        near_dedup(ds, DedupConfig(num_partitions=2, max_iterations=1), str(tmp_path / "one"))
+    _, dups = near_dedup(ds, DedupConfig(num_partitions=2), str(tmp_path / "enough"))  # the default converges
+    # two chains (c3 and c4 are not matched), each collapsed onto its smallest id
+    assert sorted((r["id"], r["duplicate_of"]) for r in dups.take_all()) == [
+        ("c1", "c0"), ("c2", "c0"), ("c3", "c0"), ("c5", "c4"), ("c6", "c4"), ("c7", "c4")]
 
 
 def test_missing_columns_are_named(ray_local, tmp_path):
@@ -164,7 +169,9 @@ def test_cli_end_to_end(ray_local, tmp_path, capsys):
     dups = pq.read_table(tmp_path / "out" / "duplicates.parquet")
     assert dups.column_names == ["id", "duplicate_of", "stage"]
     assert dict(zip(dups.column("id").to_pylist(), dups.column("duplicate_of").to_pylist())) == expected
-    assert "exact" in capsys.readouterr().out
+    assert Counter(dups.column("stage").to_pylist()) == {"exact": 7, "minhash": 13}
+    assert f"{len(rows)} documents: 7 exact and 13 near duplicates removed, {len(rows) - 20} kept" \
+        in capsys.readouterr().out
     assert not (tmp_path / "out" / ".work").exists()
 
 

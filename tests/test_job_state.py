@@ -60,16 +60,17 @@ def test_completed_steps_are_found_and_changed_config_is_refused(inputs, tmp_pat
     again = JobState(_cfg(inputs, out))
     again.check()
     assert again.done("mix")["summary"] == {"step": "mix"}
+    (out / "shards" / "manifest.json").unlink()  # an output removed by hand: the step runs again
+    assert again.done("mix") is None and again.done("tokenizer") is not None
 
     changed = JobState(_cfg(inputs, out, dedup={"threshold": 0.7}))
     with pytest.raises(ConfigError, match=r"step `clean` completed .*dedup\.threshold: 0\.8 -> 0\.7.*--overwrite"):
         changed.check()
     changed.check(overwrite=True)  # told to: no refusal, and start() clears the stale markers
     changed.start("clean")
-    assert changed.done("clean") is None and not (out / "_job" / "mix.done.json").exists()
-
-    (out / "shards" / "manifest.json").unlink()  # an output removed by hand: the step runs again
-    assert JobState(_cfg(inputs, out)).done("mix") is None
+    job = out / "_job"
+    assert not any((job / f"{step}.done.json").exists() for step in ("clean", "tokenizer", "mix"))
+    assert json.loads((job / "clean.started.json").read_text())["fingerprint"] == changed.fingerprint("clean")
 
 
 def test_changed_input_file_is_named_in_the_refusal(inputs, tmp_path):

@@ -43,6 +43,7 @@ def test_block_mb_bounds_read_blocks_and_is_restored(ray_local, tmp_path):
 def test_release_leaves_a_borrowed_ray_running(ray_local):
     with ray_session() as session:
         session.release()
+        assert not session.owned and session._closing is None  # no shutdown thread to race with
         assert ray_local.get(ray_local.put(1)) == 1
     assert ray_local.is_initialized()
 

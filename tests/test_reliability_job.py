@@ -154,6 +154,7 @@ def test_lost_worker_node_gives_the_same_bytes(reference, tmp_path):
         deadline = time.monotonic() + 600
         while not marker.exists() and job.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert marker.exists() and job.poll() is None, f"no worker lost mid-job: {job.log.read_text()[-3000:]}"
         cluster.remove_node(worker, allow_graceful=False)  # the worker's raylet and its processes die
         rc, err = _finish(job)
         if rc != 0:  # stopped with a clear error: the rerun resumes from what was completed
