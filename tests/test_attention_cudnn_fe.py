@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from model import cudnn_frontend
-from model.attention import DocumentLayout, attention_kernel, cudnn_self_check, select_backend
+from model.attention import (DocumentLayout, attention_kernel, available_backends, cudnn_self_check,
+                             select_backend)
 from model.cudnn_frontend import Shape, batch_bucket, tokens_bucket
 from test_attention_cudnn import reference_grads, reference_logsumexp
 from test_model_core import reference_attention
@@ -101,12 +102,13 @@ def test_compiled_model_on_cudnn_fe_trains_as_on_sdpa_docs_and_reuses_graphs(cpu
     for backend in ("cudnn_fe", "sdpa_docs"):
         torch.manual_seed(0)
         model = Transformer(preset("tiny", vocab_size=300, max_seq_len=64), backend)
-        step = compile_packed(model, backend="aot_eager") if backend == "cudnn_fe" else model
         losses = []
-        for batch in batches:
-            loss = step(batch.input_ids, batch.layout, batch.labels)
-            loss.backward()
-            losses.append(loss.detach())
+        with torch.compiler.config.patch(dynamic_sources=""):  # compile_packed adds to it: not for later tests
+            step = compile_packed(model, backend="aot_eager") if backend == "cudnn_fe" else model
+            for batch in batches:
+                loss = step(batch.input_ids, batch.layout, batch.labels)
+                loss.backward()
+                losses.append(loss.detach())
         results.append((losses, [p.grad for p in model.parameters()]))
     (losses, grads), (want_losses, want_grads) = results
     torch.testing.assert_close(losses, want_losses, rtol=1e-5, atol=1e-6)
@@ -118,13 +120,21 @@ def test_compiled_model_on_cudnn_fe_trains_as_on_sdpa_docs_and_reuses_graphs(cpu
 
 def test_cudnn_fe_self_check_passes_the_double_and_needs_the_frontend_on_cuda(cpu_graphs, monkeypatch):
     assert cudnn_self_check("cpu", "cudnn_fe") is None
+    assert {backward for _, backward in cpu_graphs} == {False, True}  # the check ran both graphs
     with pytest.raises(ValueError, match="not available on cpu"):
         select_backend("cpu", "cudnn_fe")
+    monkeypatch.setattr(cudnn_frontend, "frontend", lambda: None)
+    assert "cudnn_fe" not in available_backends("cuda")
+    with pytest.raises(ValueError, match="not available on cuda"):
+        select_backend("cuda", "cudnn_fe")
+    monkeypatch.setattr(cudnn_frontend, "frontend", lambda: object())
+    assert "cudnn_fe" in available_backends("cuda")
 
 
 def test_cudnn_fe_graphs_describe_with_the_installed_frontend():
-    """Where nvidia-cudnn-frontend is installed (not in CI): both graphs take our tensors and options.
-    Building plans needs a GPU; frontend 1.32 validates the graphs without one."""
+    """Where nvidia-cudnn-frontend is installed (never in CI, which skips this; bench/gpu_check.py builds
+    and runs the graphs on the GPU): both graphs take our tensors and options. Building plans needs a
+    GPU; frontend 1.32 validates the graphs without one."""
     cudnn = pytest.importorskip("cudnn")
     shape = Shape(batch=32, heads=2, head_dim=64, tokens=1024, dtype=torch.bfloat16, device=0)
     for backward in (False, True):

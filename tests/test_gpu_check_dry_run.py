@@ -54,3 +54,6 @@ def test_a_gpu_run_skips_cudnn_variants_whose_backend_failed_its_self_check():
     rows = [{"variant": "compiled_cudnn_new", "skipped": "cudnn self-check: ..."},
             {"variant": "compiled_new", "losses_finite": True}]
     assert gpu_check.failures_in({"packed_vs_alone": {"ok": True}, "training": rows}) == 0
+    broken = {"backends": [{"ok": False}], "cudnn_self_check": "wrong gradients", "packed_vs_alone": {"ok": False},
+              "attention_speed": [{"error": "OOM"}], "training": [{"variant": "eager", "losses_finite": False}]}
+    assert gpu_check.failures_in(broken) == 5  # each kind of failure counts, so the check exits non-zero

@@ -167,6 +167,7 @@ def test_killed_writer_leaves_no_partial_shard(tmp_path):
         assert pq.ParquetFile(f).metadata.num_rows == 512
     with pytest.raises(ShardError, match="no manifest"):
         PackedShards(out)
+    (out / ".shard-00099.parquet.dead.tmp").write_bytes(b"x")  # what a kill mid-write leaves, for certain
     write_shards(_sequences(3), out, sequence_length=L)  # a rerun clears what the killed run left
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-00000.parquet"]
 

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model.attention import DocumentLayout, attention_kernel, available_backends, select_backend
 from model.config import preset
@@ -120,7 +121,10 @@ def test_initial_loss_is_log_vocab():
     with torch.no_grad():
         loss = float(model(batch.input_ids, batch.layout, batch.labels))
         logits = model(batch.input_ids, batch.layout)
-    assert logits.shape == (2, 64, vocab)  # padded logits never reach the softmax
+    assert logits.shape == (2, 64, vocab)  # padded logits never reach the softmax ...
+    # ... nor the loss: with the 74 padded columns it would be log(100,608 / 100,534) = 7e-4 higher
+    want = F.cross_entropy(logits.reshape(-1, vocab), batch.labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    assert loss == pytest.approx(want.item(), rel=1e-5)
     assert abs(loss - math.log(vocab)) < 0.05 * math.log(vocab)
 
 

@@ -90,6 +90,37 @@ def test_gradient_accumulation_equals_one_larger_batch(shards, two_rows_per_step
     assert accum["replicas_in_sync"] is (True if launch == ["--nproc", "2"] else None)
 
 
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp2"])
+def test_gradients_are_reduced_only_on_the_last_micro_batch(wrapper, tmp_path):
+    """Equal losses cannot show this (a reduce per micro-batch gives the same sums, at K times the
+    traffic), so record the sync flag each backward runs with."""
+    import torch
+    import torch.distributed as dist
+
+    from model.data import collate
+    from model.train import train_step
+    from test_model_core import rows_with, tiny_model
+
+    batch = collate(rows_with([[30, 20]], seq_len=64, vocab=512), eos_id=2)
+    model, synced = tiny_model(), []
+    if wrapper == "fsdp2":  # FSDP2's switch, recorded
+        model.set_requires_gradient_sync = synced.append
+        wrapped = step_fn = model
+    else:  # DDP in a one-process gloo group: its flag, read in each forward
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+
+        def step_fn(*args):
+            synced.append(wrapped.require_backward_grad_sync)
+            return wrapped(*args)
+    try:
+        train_step(step_fn, wrapped, torch.optim.SGD(model.parameters(), lr=0.0), [batch] * 3, grad_clip=1.0)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert synced == [False, False, True]
+
+
 @pytest.mark.parametrize("change, named", [(["--seed", "1"], "seed"), (["--grad-accum", "2"], "rows_per_step")])
 def test_resume_refuses_another_data_order(shards, tmp_path, capsys, change, named):
     assert xdp_main(["smoke-train", "--shards", str(shards), "--steps", "2", "--checkpoint-dir", str(tmp_path)]) == 0
