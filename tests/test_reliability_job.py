@@ -59,19 +59,12 @@ def _xdp_run(config: Path, out: Path, *extra: str) -> subprocess.Popen:
     return proc
 
 
-def _finish(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str]:
-    proc.wait(timeout=timeout)
-    return proc.returncode, proc.log.read_text(errors="replace")
-
-
-def _kill_when(proc: subprocess.Popen, marker: Path, timeout: float = 600) -> None:
-    """SIGKILL the driver as soon as `marker` exists (and the local Ray it started, as a dead host would)."""
-    deadline = time.monotonic() + timeout
-    while not marker.exists():
-        assert proc.poll() is None, f"the job ended before {marker.name} appeared: {proc.log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"{marker} never appeared"
-        time.sleep(0.05)
-    children = psutil.Process(proc.pid).children(recursive=True)
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver and every process under it (the local Ray it started), as a dead host would."""
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     for child in children:
@@ -79,6 +72,27 @@ def _kill_when(proc: subprocess.Popen, marker: Path, timeout: float = 600) -> No
             child.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str]:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_tree(proc)  # no Ray left running for the rest of the session
+        raise
+    return proc.returncode, proc.log.read_text(errors="replace")
+
+
+def _kill_when(proc: subprocess.Popen, marker: Path, timeout: float = 600) -> None:
+    """Kill the job's process tree as soon as `marker` exists."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert proc.poll() is None, f"the job ended before {marker.name} appeared: {proc.log.read_text()[-3000:]}"
+        if time.monotonic() > deadline:
+            _kill_tree(proc)
+            raise AssertionError(f"{marker} never appeared")
+        time.sleep(0.05)
+    _kill_tree(proc)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +168,9 @@ def test_lost_worker_node_gives_the_same_bytes(reference, tmp_path):
         deadline = time.monotonic() + 600
         while not marker.exists() and job.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert marker.exists() and job.poll() is None, f"no worker lost mid-job: {job.log.read_text()[-3000:]}"
+        if not marker.exists() or job.poll() is not None:
+            _kill_tree(job)
+            pytest.fail(f"no worker lost mid-job: {job.log.read_text()[-3000:]}")
         cluster.remove_node(worker, allow_graceful=False)  # the worker's raylet and its processes die
         rc, err = _finish(job)
         if rc != 0:  # stopped with a clear error: the rerun resumes from what was completed
