@@ -74,7 +74,7 @@ def tokenized(cleaned_dir: str, tokenizer_dir: str, seed: int):
 
 def document_counts(cleaned_dir: str, tokenizer_dir: str, seed: int, ray_cfg: Optional[RayConfig] = None) -> pa.Table:
     """Per-document (category, key, n_tokens, h) without keeping the tokens (for plan and stats)."""
-    with ray_session(ray_cfg):
+    with ray_session(ray_cfg, reads=[cleaned_dir, tokenizer_dir]):
         ds = tokenized(cleaned_dir, tokenizer_dir, seed).select_columns(_META_COLUMNS)
         return pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None))
 
@@ -192,7 +192,7 @@ def plan_on_ray(meta, cfg: MixingConfig) -> tuple[MixPlan, dict[tuple[str, str],
 
 def plan_cleaned(cleaned_dir: str, tokenizer_dir: str, cfg: Config) -> tuple[MixPlan, dict]:
     """`xdp plan`: tokenize (nothing is written) and plan."""
-    with ray_session(cfg.ray):
+    with ray_session(cfg.ray, reads=[cleaned_dir, tokenizer_dir]):
         meta = tokenized(cleaned_dir, tokenizer_dir, cfg.mixing.seed).select_columns(_META_COLUMNS).materialize()
         return plan_on_ray(meta, cfg.mixing)
 
@@ -233,7 +233,7 @@ def mix_from_config(cfg: Config, cleaned_dir: str, tokenizer_dir: str, out_dir: 
     out = Path(out_dir)
     scratch = WorkDir(out / "_work" / "mix", fingerprint)
     cache = scratch.path("tokens")
-    with ray_session(cfg.ray):
+    with ray_session(cfg.ray, writes=str(out), reads=[cleaned_dir, tokenizer_dir]):
         import ray
 
         if scratch.completed("tokens"):

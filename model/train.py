@@ -517,7 +517,7 @@ def launch_ray(cfg: TrainConfig, num_workers: int, address: Optional[str] = None
     from pipeline.ray_session import ray_session
 
     # A local Ray needs one CPU beyond the workers' for Ray Train's controller.
-    with ray_session(RayConfig(address=address, num_cpus=num_workers + 1)):
+    with ray_session(RayConfig(address=address, num_cpus=num_workers + 1), reads=[cfg.shards]):
         import ray
 
         use_gpu = ray.cluster_resources().get("GPU", 0) >= num_workers

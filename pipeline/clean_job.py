@@ -32,7 +32,7 @@ from pipeline.job_state import WorkDir, job_config, update_timings
 from pipeline.ray_session import ray_session
 from pipeline.read import read_file
 from pipeline.schema import READ_SCHEMA, CLEANED_SCHEMA, DOC_COLUMNS, DUPLICATES_SCHEMA, NULL_PARTITION, QUARANTINE_SCHEMA
-from pipeline.sources import InputFile, list_input_files
+from pipeline.sources import InputFile, first_local_files, list_input_files
 from pipeline.write import bucket_dirs, merge_buckets, scatter_block, write_json_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class CleanJob:
 
         self.scratch = WorkDir(self.work, self.fingerprint)
         shutil.rmtree(self.final, ignore_errors=True)
-        with ray_session(self.cfg.ray):
+        with ray_session(self.cfg.ray, writes=self.cfg.output, reads=first_local_files(self.files)):
             staged = self._timed("read", self._resumable, "read", self._read)
             kept, dup_sets = None, []
             reasons = ray.data.read_parquet(str(self.scratch.path("read")), partitioning=None, columns=["reason"])

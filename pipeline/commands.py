@@ -53,6 +53,7 @@ def run_job(cfg: Config, steps=STEPS, overwrite: bool = False) -> dict:
     """
     from pipeline.job_state import JobState, update_timings
     from pipeline.ray_session import ray_session
+    from pipeline.sources import first_local_files, list_input_files
     from tokenizer_training.memory import PeakRSS, release_heap
 
     out = Path(cfg.output)
@@ -71,7 +72,8 @@ def run_job(cfg: Config, steps=STEPS, overwrite: bool = False) -> dict:
     if not todo:
         return summary
     driver_peaks: dict[str, int] = {}
-    with ray_session(cfg.ray):
+    reads = first_local_files(list_input_files(cfg)) if "clean" in todo else []
+    with ray_session(cfg.ray, writes=cfg.output, reads=reads):
         for step in todo:
             state.start(step)
             started = time.perf_counter()

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         total = _stage_input(args.input, work / "input.parquet")
         removed = []
-        with ray_session(with_ray_args(RayConfig(), args)):
+        with ray_session(with_ray_args(RayConfig(), args), writes=str(work)):
             kept = ray.data.read_parquet(str(work / "input.parquet"), partitioning=None)
             for enabled, step in ((cfg.exact, exact_dedup), (cfg.near, near_dedup)):
                 if enabled:

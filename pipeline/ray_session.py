@@ -10,8 +10,9 @@ import dataclasses
 import logging
 import os
 import threading
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
+from pipeline.cluster_check import check_cluster
 from pipeline.config import RayConfig
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,13 @@ class RaySession:
 
 
 @contextlib.contextmanager
-def ray_session(cfg: Optional[RayConfig] = None) -> Iterator[RaySession]:
+def ray_session(cfg: Optional[RayConfig] = None, writes: Optional[str] = None,
+                reads: Sequence[str] = ()) -> Iterator[RaySession]:
     """Join `cfg.address` / $RAY_ADDRESS, else start a local Ray; reuse one already initialized.
 
-    Only a Ray started here is shut down on exit (or earlier, by `RaySession.release`), so tests and
-    notebooks keep their own cluster.
+    On a joined cluster, first check that every node runs this xdp and sees the directory the job
+    `writes` and the paths it `reads` (`pipeline.cluster_check`). Only a Ray started here is shut down
+    on exit (or earlier, by `RaySession.release`), so tests and notebooks keep their own cluster.
     """
     import ray
 
@@ -81,7 +84,7 @@ def ray_session(cfg: Optional[RayConfig] = None) -> Iterator[RaySession]:
         if ray.is_initialized():
             yield RaySession(owned=False)
             return
-        with _own_ray(cfg) as session:
+        with _own_ray(cfg, writes, reads) as session:
             yield session
 
 
@@ -138,7 +141,7 @@ RELEASE_MEMORY_ENV = {
 
 
 @contextlib.contextmanager
-def _own_ray(cfg: RayConfig) -> Iterator[RaySession]:
+def _own_ray(cfg: RayConfig, writes: Optional[str], reads: Sequence[str]) -> Iterator[RaySession]:
     """Join the cluster `cfg` names, or start a local Ray; shut down on exit."""
     import ray
 
@@ -168,6 +171,8 @@ def _own_ray(cfg: RayConfig) -> Iterator[RaySession]:
             ray.init(address="local", **kwargs)  # "local": never silently join another Ray on this host
     session = RaySession(owned=True)
     try:
+        if address:
+            check_cluster(writes, reads)
         yield session
     finally:
         session._close()

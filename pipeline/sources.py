@@ -162,6 +162,15 @@ def list_input_files(cfg: Config) -> list[InputFile]:
             for i, ((spec_index, url, _, fmt), name) in enumerate(zip(listed, names))]
 
 
+def first_local_files(files: list[InputFile]) -> list[str]:
+    """The first local file of each input: what every node of a cluster must see (`cluster_check`)."""
+    first: dict[int, str] = {}
+    for f in files:
+        if not is_uri(f.url):
+            first.setdefault(f.spec_index, f.url)
+    return list(first.values())
+
+
 def _absolute(path: str) -> str:
     return path if is_uri(path) else os.path.abspath(path)
 

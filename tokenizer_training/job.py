@@ -79,7 +79,7 @@ def train_tokenizer(inputs: list[str] | str, output_dir: str, tok_cfg: Tokenizer
     # with none. A Ray that is already running takes over at once.
     head_threads = max(1, ((ray_cfg.num_cpus if ray_cfg else None) or os.cpu_count() or 2) - 1)
     with PeakRSS() as peak, census_head_start(files, languages, head_threads) as head_start, \
-            ray_session(ray_cfg) as session:
+            ray_session(ray_cfg, reads=files[:1]) as session:
         census = run_census(files, languages, head_start)
         census_s = time.perf_counter() - started
         sample_bytes = _capped_sample_bytes(tok_cfg.sample_bytes, max_memory)
