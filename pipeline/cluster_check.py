@@ -84,7 +84,7 @@ def node_problems(results: dict[str, dict], driver_version: Optional[str], label
 def check_cluster(writes: Optional[str] = None, reads: Sequence[str] = ()) -> None:
     """Raise ConfigError unless every node imports the driver's xdp, sees the directory `writes` (by a
     marker file written there now) and the paths `reads`."""
-    labels = {p: f"input {p}" for p in reads}
+    labels = {os.path.abspath(p): f"input {p}" for p in reads}  # a worker's working directory is not ours
     marker = None
     if writes:
         Path(writes).mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ def check_cluster(writes: Optional[str] = None, reads: Sequence[str] = ()) -> No
         Path(marker).touch()
         labels[marker] = f"the output directory {writes}"
     try:
-        results = probe_nodes([p for p in (marker, *reads) if p])
+        results = probe_nodes(list(labels))
     finally:
         if marker:
             Path(marker).unlink(missing_ok=True)

@@ -36,13 +36,13 @@ def two_nodes():
         cluster.shutdown()
 
 
-def test_a_joined_cluster_whose_nodes_see_the_files_passes(two_nodes, tmp_path, caplog):
+def test_a_joined_cluster_whose_nodes_see_the_files_passes(two_nodes, tmp_path, caplog, monkeypatch):
     import ray
 
-    source = tmp_path / "in.jsonl"
-    source.write_text("{}\n")
+    (tmp_path / "in.jsonl").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)  # relative paths are the driver's: workers run elsewhere
     with caplog.at_level("INFO", logger="pipeline.cluster_check"):
-        with ray_session(RayConfig(address=two_nodes), writes=str(tmp_path / "out"), reads=[str(source)]):
+        with ray_session(RayConfig(address=two_nodes), writes="out", reads=["in.jsonl"]):
             assert len([n for n in ray.nodes() if n["Alive"]]) == 2
     assert f"2 nodes run xdp {xdp_version()}" in caplog.text
     assert list((tmp_path / "out").iterdir()) == []  # the marker is gone
