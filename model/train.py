@@ -211,9 +211,9 @@ def resume_step(cfg: TrainConfig, world_size: int) -> int:
 def preflight(cfg: TrainConfig, world_size: int) -> int:
     """What can be checked cheaply before any worker starts, so that bad input is one message from
     the launcher instead of a traceback from every rank: the manifest, that every shard is there, rows
-    for every rank, the resumed checkpoint's state. Returns the step to start from. (Checksums are left to the ranks, each verifying a
-    shard when it first opens it: hashing every shard up front would make a smoke test of a large
-    directory wait for all of it.)"""
+    for every rank, the resumed checkpoint's state. Returns the step to start from. (Checksums are left
+    to the ranks, each verifying a shard when it first opens it: hashing every shard up front would make
+    a smoke test of a large directory wait for all of it.)"""
     from mixing.reader import PackedShards
     from pipeline.config import ConfigError
 

@@ -52,7 +52,7 @@ def run_job(cfg: Config, steps=STEPS, overwrite: bool = False) -> dict:
     directory is refused before Ray starts, unless `overwrite`.
     """
     from pipeline.job_state import JobState, update_timings
-    from pipeline.ray_session import ray_session
+    from pipeline.ray_session import cluster_address, ray_session
     from pipeline.sources import first_local_files, list_input_files
     from tokenizer_training.memory import PeakRSS, release_heap
 
@@ -72,7 +72,8 @@ def run_job(cfg: Config, steps=STEPS, overwrite: bool = False) -> dict:
     if not todo:
         return summary
     driver_peaks: dict[str, int] = {}
-    reads = first_local_files(list_input_files(cfg)) if "clean" in todo else []
+    # What the cluster check probes; listing the inputs again is only worth it when joining a cluster.
+    reads = first_local_files(list_input_files(cfg)) if "clean" in todo and cluster_address(cfg.ray) else []
     with ray_session(cfg.ray, writes=cfg.output, reads=reads):
         for step in todo:
             state.start(step)

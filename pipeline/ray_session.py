@@ -68,6 +68,11 @@ class RaySession:
             self._closing.join()
 
 
+def cluster_address(cfg: RayConfig) -> Optional[str]:
+    """The cluster a session joins (`cfg.address`, else $RAY_ADDRESS); None: it starts a local Ray."""
+    return cfg.address or os.environ.get("RAY_ADDRESS") or None
+
+
 @contextlib.contextmanager
 def ray_session(cfg: Optional[RayConfig] = None, writes: Optional[str] = None,
                 reads: Sequence[str] = ()) -> Iterator[RaySession]:
@@ -145,7 +150,7 @@ def _own_ray(cfg: RayConfig, writes: Optional[str], reads: Sequence[str]) -> Ite
     """Join the cluster `cfg` names, or start a local Ray; shut down on exit."""
     import ray
 
-    address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+    address = cluster_address(cfg)
     kwargs = dict(log_to_driver=False, configure_logging=False, include_dashboard=False)
     worker_env = RELEASE_MEMORY_ENV if cfg.release_memory else {}
     if address:
