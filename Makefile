@@ -3,6 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# Extra pip arguments for torch alone. From PyPI, torch 2.13.0 on Linux x86_64 is the CUDA build
+# (several GB); `TORCH_PIP_ARGS=--index-url=https://download.pytorch.org/whl/cpu` takes the CPU one.
+TORCH_PIP_ARGS ?=
 BIN := $(VENV)/bin
 DEMO_OUT ?= xdp-demo
 
@@ -11,8 +14,8 @@ DEMO_OUT ?= xdp-demo
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build (see README).
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	# torch first and pinned, so the -e install below keeps it (see README, "Set-up").
+	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
