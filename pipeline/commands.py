@@ -22,8 +22,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="output directory (overrides `output:` in the config)")
     add_ray_args(p, config=True)
     p.add_argument("--overwrite", action="store_true",
-                   help="the output directory holds a run of a different config: redo the changed steps "
-                        "(default: refuse; steps completed by the same config are always skipped)")
+                   help="the output directory holds a run of a different config: redo the first changed "
+                        "step and every step after it (default: refuse; steps completed by the same config "
+                        "are always skipped)")
 
 
 def _load(args) -> Config:
@@ -148,11 +149,38 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("pipeline") / "demo" / "demo.yaml"))
 
 
+def _demo_inputs(job_dir: Path) -> bool:
+    """Whether the clean step there read the bundled demo corpus (of any install): a demo directory
+    written before the tag existed."""
+    try:
+        inputs = json.loads((job_dir / "clean.started.json").read_text("utf-8"))["config"]["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(inputs) and all(Path(spec["path"]).parent.parts[-2:] == ("pipeline", "demo") for spec in inputs)
+
+
+def claim_demo_output(out: Path, overwrite: bool) -> None:
+    """Tag `out` as the demo's, refusing (before Ray starts) a directory that holds another job's steps.
+
+    The demo redoes its own steps whenever its fingerprint changes (a new xdp, another install), so it
+    runs with `overwrite`; the tag keeps that from replacing a real job's outputs unasked.
+    """
+    from pipeline.config import ConfigError
+    from pipeline.write import write_bytes_atomic
+
+    tag = out / "_job" / "demo"
+    if not (overwrite or tag.exists() or _demo_inputs(out / "_job")) and any((out / "_job").glob("*.json")):
+        raise ConfigError(f"--output {out} holds the outputs of another job, not of `xdp demo`; use another "
+                          f"--output, or pass --overwrite to replace them")
+    write_bytes_atomic(tag, b"")
+
+
 def cmd_demo(args) -> int:
     cfg = load_config(demo_config_path())
     cfg.output = os.path.abspath(args.output)
     cfg.ray = with_ray_args(cfg.ray, args)
-    summary = run_job(cfg, overwrite=True)  # the demo config is fixed; a changed xdp version redoes it
+    claim_demo_output(Path(cfg.output), args.overwrite)
+    summary = run_job(cfg, overwrite=True)
     if args.train_steps:
         # The last link of the chain: the bundled model learns from the shards just written.
         from model.train import TrainConfig, loss_fell, train
@@ -190,6 +218,9 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="run the whole job on the bundled demo corpus (offline, local Ray)",
                        description="Run `xdp run` on the small multilingual demo corpus shipped in the package.")
     p.add_argument("--output", default="xdp-demo", help="output directory (default: ./xdp-demo)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of another job in --output (default: refuse; the demo's own "
+                        "outputs are reused or redone as needed)")
     add_ray_args(p)
     p.add_argument("--train-steps", type=int, default=20,
                    help="smoke-train the tiny model on the demo shards for this many steps (0: skip; default 20)")

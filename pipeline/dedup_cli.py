@@ -40,7 +40,9 @@ def register(sub) -> None:
                    help="characters per shingle for unspaced scripts such as zh/ja/th (default %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="permutation seed (default %(default)s)")
     p.add_argument("--num-partitions", type=int, default=defaults.num_partitions,
-                   help="hash partitions for grouping; raise it for large inputs (default %(default)s)")
+                   help="least number of hash partitions for grouping; more are used as the input grows "
+                        "(about one per 32M characters or 100k documents), and forcing more only slows "
+                        "the job (default %(default)s)")
     p.add_argument("--no-exact", action="store_true", help="skip exact dedup")
     p.add_argument("--no-near", action="store_true", help="skip MinHash near dedup")
     add_ray_args(p)

@@ -104,3 +104,28 @@ def test_an_output_path_that_is_a_file_is_refused_before_any_work(inputs, tmp_pa
     (tmp_path / "out").write_text("not a directory")
     with pytest.raises(ConfigError, match="output: .*out exists and is not a directory"):
         JobState(_cfg(inputs, tmp_path / "out"))
+
+
+def test_demo_refuses_another_jobs_output_unless_told(inputs, tmp_path):
+    from pipeline.commands import claim_demo_output
+
+    out = tmp_path / "real-job"
+    _finish_all(JobState(_cfg(inputs, out)))
+    with pytest.raises(ConfigError, match="another job, not of `xdp demo`"):
+        claim_demo_output(out, overwrite=False)
+    assert not (out / "_job" / "demo").exists()
+    claim_demo_output(out, overwrite=True)  # told: the directory is the demo's from now on
+    claim_demo_output(out, overwrite=False)
+
+
+def test_demo_takes_a_new_directory_or_its_own(tmp_path):
+    from pipeline.commands import claim_demo_output, demo_config_path
+    from pipeline.config import load_config
+
+    claim_demo_output(tmp_path / "new", overwrite=False)
+    assert (tmp_path / "new" / "_job" / "demo").exists()
+    # A demo output written before the tag existed is recognized by the corpus its clean step read.
+    cfg = load_config(demo_config_path())
+    cfg.output = str(tmp_path / "old-demo")
+    JobState(cfg).start("clean")
+    claim_demo_output(tmp_path / "old-demo", overwrite=False)
