@@ -10,8 +10,12 @@ directory -- a dangling symlink, a symlink loop or a directory named like a reco
 the reader quarantines it as one `read_error` row -- and `**` walks each real directory once, so a
 directory symlink pointing at an ancestor cannot make it loop (or list the same files 40 times).
 A directory source is walked without following directory symlinks; file symlinks in it are listed
-(and quarantined by the reader when they dangle or loop). Names that are not valid UTF-8 get U+FFFD
-in `source` (Arrow strings must be UTF-8); `url` keeps the exact name for opening.
+(and quarantined by the reader when they dangle or loop), but a file one source reaches under two
+names is read once. Hidden and `_`-prefixed entries are not data (`.git/`, Spark's `_temporary/`
+attempts, `_SUCCESS`): a directory source skips them, and `**` does not descend into such
+directories. A path that exists is taken literally even if it holds glob characters (`dump[1].jsonl`).
+Names that are not valid UTF-8 get U+FFFD in `source` (Arrow strings must be UTF-8); `url` keeps the
+exact name for opening.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from pipeline.normalize import replace_surrogates
 log = logging.getLogger(__name__)
 
 _MAGIC = set("*?[")
+_NOT_DATA = (".", "_")  # prefixes of names that are never data: hidden files, _SUCCESS, _temporary/
 
 
 @dataclass(frozen=True)
@@ -51,8 +56,8 @@ def _walk_error(exc: OSError) -> None:
 
 
 def _match_parts(parts: list[str], names: list[str]) -> bool:
-    """glob's rules on path components: `**` spans zero or more non-hidden components, `*` never
-    matches a leading dot."""
+    """glob's rules on path components (`*` never matches a leading dot), except that `**` spans no
+    hidden or `_`-prefixed directory."""
     if not parts:
         return not names
     head = parts[0]
@@ -60,7 +65,7 @@ def _match_parts(parts: list[str], names: list[str]) -> bool:
         for i in range(len(names) + 1):
             if _match_parts(parts[1:], names[i:]):
                 return True
-            if i < len(names) and names[i].startswith("."):
+            if i < len(names) - 1 and names[i].startswith(_NOT_DATA):  # `**` spans no such directory
                 return False
         return False
     if not names or (names[0].startswith(".") and not head.startswith(".")):
@@ -108,7 +113,7 @@ def _recursive_glob(pattern: str) -> list[str]:
 def _list_local(path: str) -> tuple[list[str], str]:
     if path.startswith("file://"):
         path = path[len("file://"):]
-    if _MAGIC & set(path):
+    if _MAGIC & set(path) and not os.path.lexists(path):
         names = _recursive_glob(path) if "**" in path.split("/") else glob.glob(path)
         # Keep what is not a directory even when it cannot be opened (dangling link, link loop): the
         # reader quarantines it. A directory named like a record file is kept for the same reason;
@@ -118,8 +123,8 @@ def _list_local(path: str) -> tuple[list[str], str]:
     if os.path.isdir(path):
         files = []
         for dirpath, dirnames, filenames in os.walk(path, followlinks=False, onerror=_walk_error):
-            dirnames.sort()
-            files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith((".", "_")))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(_NOT_DATA))
+            files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(_NOT_DATA))
         return files, os.path.dirname(os.path.abspath(path).rstrip("/"))
     return [path], os.path.dirname(os.path.abspath(path))
 
@@ -129,16 +134,18 @@ def _list_remote(url: str) -> tuple[list[str], str]:
 
     fs, path = fsspec.core.url_to_fs(url)
     protocol = url.split("://", 1)[0]
-    if _MAGIC & set(path):
+    if _MAGIC & set(path) and not fs.exists(path):
         names = fs.glob(path)
         root = _root_of(path)
     elif fs.isdir(path):
-        names = fs.find(path)
+        below = path.rstrip("/") + "/"
+        names = [n for n in fs.find(path) if not any(part.startswith(_NOT_DATA)
+                                                      for part in n.removeprefix(below).split("/"))]
         root = os.path.dirname(path.rstrip("/"))
     else:
         names = [path]
         root = os.path.dirname(path)
-    files = sorted(n for n in names if not os.path.basename(n).startswith((".", "_")))
+    files = sorted(n for n in names if not os.path.basename(n).startswith(_NOT_DATA))
     return [f"{protocol}://{n}" for n in files], f"{protocol}://{root}"
 
 
@@ -149,7 +156,8 @@ def list_input_files(cfg: Config) -> list[InputFile]:
     for spec_index, spec in enumerate(cfg.inputs):
         files, root = (_list_remote if is_uri(spec.path) else _list_local)(spec.path)
         # Files no format fits are a README or stats file next to the data, not record files.
-        matched = [(spec_index, f, root, fmt) for f in files if (fmt := spec.format or infer_format(f))]
+        matched = [(spec_index, f, root, fmt) for f in _once(files, spec_index)
+                   if (fmt := spec.format or infer_format(f))]
         if not matched:
             raise ConfigError(f"inputs[{spec_index}].path: no readable jsonl/jsonl.gz/jsonl.zst/parquet "
                               f"files found under {spec.path}")
@@ -179,6 +187,21 @@ def _relative(url: str, root: str) -> str:
     """`url`'s path below `root`; its file name where it is not below."""
     prefix = root.rstrip("/") + "/"
     return (url[len(prefix):] if url.startswith(prefix) else "") or os.path.basename(url)
+
+
+def _once(files: list[str], spec_index: int) -> list[str]:
+    """`files` without a second name (a symlink) for a local file already listed: read once."""
+    seen: dict[str, str] = {}
+    out = []
+    for f in files:
+        real = None if is_uri(f) or not os.path.exists(f) else os.path.realpath(f)
+        if real in seen:
+            log.warning("inputs[%d]: %s is %s under another name; read once", spec_index, f, seen[real])
+            continue
+        if real is not None:
+            seen[real] = f
+        out.append(f)
+    return out
 
 
 def _refuse_overlaps(listed: list[tuple[int, str, str, str]]) -> None:

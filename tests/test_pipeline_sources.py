@@ -41,8 +41,29 @@ def test_a_file_two_sources_list_is_refused(tmp_path, second):
         _sources(tmp_path, "in.jsonl", second)
 
 
-def test_a_link_inside_one_source_is_not_an_overlap(tmp_path):
-    # Two names for one file inside a source are the corpus's own copies: exact dedup removes one.
-    _files(tmp_path, "d/in.jsonl")
-    (tmp_path / "d" / "link.jsonl").symlink_to(tmp_path / "d" / "in.jsonl")
-    assert _sources(tmp_path, "d") == ["d/in.jsonl", "d/link.jsonl"]
+def test_a_path_that_exists_is_literal_even_with_glob_characters(tmp_path):
+    # As a pattern, dump[1].jsonl matches dump1.jsonl: another file would be read in its place.
+    _files(tmp_path, "br/dump[1].jsonl", "br/dump1.jsonl", "br/set[a]/x.jsonl")
+    assert _sources(tmp_path, "br/dump[1].jsonl") == ["dump[1].jsonl"]
+    assert _sources(tmp_path, "br/set[a]") == ["set[a]/x.jsonl"]
+    assert _sources(tmp_path, "br/dump[0-9].jsonl") == ["dump1.jsonl"]  # not a name: still a pattern
+
+
+def test_hidden_and_underscore_directories_are_not_data(tmp_path):
+    # Spark/Hadoop leave partial attempts under _temporary/; a checkout has .git/.
+    _files(tmp_path, "data/a.jsonl", "data/.git/b.jsonl", "data/_temporary/0/c.jsonl", "data/sub/d.jsonl",
+           "data/sub/_e.jsonl")
+    assert _sources(tmp_path, "data") == ["data/a.jsonl", "data/sub/d.jsonl"]
+    assert _sources(tmp_path, "data/**/*.jsonl") == ["a.jsonl", "sub/_e.jsonl", "sub/d.jsonl"]
+    assert _sources(tmp_path, "data/_temporary/*/*.jsonl") == ["0/c.jsonl"]  # named in the pattern: read
+
+
+def test_a_file_one_source_reaches_under_two_names_is_read_once(tmp_path, caplog):
+    # Not an overlap of two inputs (nothing to refuse), but reading it twice would count its documents
+    # twice in `read` and then again as exact duplicates.
+    _files(tmp_path, "d/a.jsonl")
+    (tmp_path / "d" / "link_a.jsonl").symlink_to(tmp_path / "d" / "a.jsonl")
+    (tmp_path / "d" / "gone.jsonl").symlink_to(tmp_path / "d" / "missing.jsonl")  # dangles: listed, quarantined
+    assert _sources(tmp_path, "d") == ["d/a.jsonl", "d/gone.jsonl"]
+    assert _sources(tmp_path, "d/*.jsonl") == ["a.jsonl", "gone.jsonl"]
+    assert "link_a.jsonl is" in caplog.text and "read once" in caplog.text
