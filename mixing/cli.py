@@ -19,7 +19,7 @@ def register(sub) -> None:
     p = sub.add_parser("plan", help="print per-bucket sampling rates for the target ratios (writes nothing)",
                        description="Tokenize the cleaned documents (exact counts), solve the mix for the three "
                                    "ratio tables and print rates, epochs and expected tokens per bucket.",
-                       epilog="example: xdp plan --config configs/example.yaml --json")
+                       epilog="example: xdp plan --config configs/shared_corpus.yaml --json")
     _dirs_args(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan)
@@ -27,7 +27,7 @@ def register(sub) -> None:
     p = sub.add_parser("mix", help="tokenize, sample to the target ratios, pack and write shards + report",
                        description="Write <out>/shards (uint32 packed sequences + manifest.json) and "
                                    "<out>/report (stats.json, PNG plots, report.html).",
-                       epilog="example: xdp mix --config configs/example.yaml --out out/")
+                       epilog="example: xdp mix --config configs/shared_corpus.yaml --out out/")
     _dirs_args(p)
     p.add_argument("--out", help="output directory (default: the config's output)")
     p.set_defaults(func=cmd_mix)
