@@ -50,7 +50,7 @@ class ReadConfig:
 @dataclass
 class WriteConfig:
     target_file_chars: int = 32_000_000  # text per cleaned Parquet file before a partition is split (bounds a merge task)
-    keep_work_dir: bool = False  # keep <output>/_work (intermediate Parquet) after a successful run
+    keep_work_dir: bool = False  # keep <output>/_work/clean (intermediate Parquet) after a successful clean
 
 
 @dataclass
@@ -208,6 +208,9 @@ def infer_format(path: str) -> Optional[str]:
     return None
 
 
+GLOB_CHARS = frozenset("*?[")
+
+
 def is_uri(path: str) -> bool:
     """A remote location (`s3://`, `gs://`, ...) for fsspec; `file://` and plain paths are local."""
     return "://" in path and not path.startswith("file://")
@@ -260,7 +263,44 @@ def validate_dedup(dedup: DedupConfig) -> DedupConfig:
     _check_range("dedup.partition_docs", dedup.partition_docs, 1)
     _check_range("dedup.max_iterations", dedup.max_iterations, 1)
     _check_range("dedup.seed", dedup.seed, 0, SEED_MAX)
+    from pipeline.minhash import lsh_params  # minhash imports this module
+
+    try:
+        lsh_params(dedup.threshold, dedup.num_perm)
+    except ValueError as exc:  # datasketch finds no (bands, rows) split of num_perm for this threshold
+        raise ConfigError(f"dedup.threshold {dedup.threshold} with dedup.num_perm {dedup.num_perm}: no LSH "
+                          f"banding fits ({exc}); lower the threshold or raise num_perm") from None
     return dedup
+
+
+def _check_remote(where: str, url: str) -> None:
+    """A remote input must be reachable before Ray starts: a known protocol, its fsspec driver
+    installed (s3fs, gcsfs, ...) and, for a plain path, something there."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        if not (has_glob(path) or fs.exists(path)):
+            raise ConfigError(f"{where}: no such file or directory: {url}")
+    except (ImportError, ValueError, OSError) as exc:
+        raise ConfigError(f"{where}: cannot open {url}: {exc}") from None
+
+
+def has_glob(path: str) -> bool:
+    """Whether `path` (or one component of it) holds glob characters."""
+    return bool(GLOB_CHARS & set(path))
+
+
+def _check_langid_files(cfg: Config) -> None:
+    """A model or rules file of the user's is loaded now, not first in a Ray worker mid-job."""
+    for field in ("model", "rules"):
+        path = getattr(cfg.langid, field)
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"langid.{field}: no such file: {path}")
+    if cfg.langid.model is not None or cfg.langid.rules is not None:
+        from pipeline.langid import LanguageIdentifier  # langid imports this module
+
+        LanguageIdentifier(cfg.langid.model, cfg.langid.threshold, cfg.langid.rules)
 
 
 def validate(cfg: Config) -> Config:
@@ -271,6 +311,9 @@ def validate(cfg: Config) -> Config:
         where = f"inputs[{i}]"
         if not src.path:
             raise ConfigError(f"{where}.path: required")
+        for field in ("text_field", "id_field"):
+            if not getattr(src, field):
+                raise ConfigError(f"{where}.{field}: must name a field, got {getattr(src, field)!r}")
         if src.format is not None and src.format not in FORMATS:
             raise ConfigError(f"{where}.format: {src.format!r} is not one of {', '.join(FORMATS)}")
         if src.category is None and src.category_field is None:
@@ -279,20 +322,21 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{where}: set category or category_field, not both")
         if src.category is not None and src.category not in CATEGORIES:
             raise ConfigError(f"{where}.category: unknown category {src.category!r} (one of {', '.join(CATEGORIES)})")
-        if not is_uri(src.path):
+        if is_uri(src.path):
+            _check_remote(f"{where}.path", src.path)
+        else:
             local = src.path[len("file://"):] if src.path.startswith("file://") else src.path
             # the first match is enough (a full `**` listing through a symlink loop would not end)
             if not (os.path.exists(local) or next(glob.iglob(local, recursive=True), None)):
                 raise ConfigError(f"{where}.path: no such file, directory or glob match: {src.path}")
+    if not cfg.output:
+        raise ConfigError("output: required (the directory the job writes)")
     _check_range("read.max_record_bytes", cfg.read.max_record_bytes, 1)
     _check_range("read.batch_size", cfg.read.batch_size, 1)
     _check_range("read.raw_preview_chars", cfg.read.raw_preview_chars, 0)
     _check_range("write.target_file_chars", cfg.write.target_file_chars, 1)
     _check_range("langid.threshold", cfg.langid.threshold, 0.0, 1.0)
-    if cfg.langid.model is not None and not os.path.isfile(cfg.langid.model):
-        raise ConfigError(f"langid.model: no such file: {cfg.langid.model}")
-    if cfg.langid.rules is not None and not os.path.isfile(cfg.langid.rules):
-        raise ConfigError(f"langid.rules: no such file: {cfg.langid.rules}")
+    _check_langid_files(cfg)
     _check_range("langid.batch_size", cfg.langid.batch_size, 1)
     validate_dedup(cfg.dedup)
     if cfg.ray.num_cpus is not None:
@@ -316,7 +360,7 @@ def validate(cfg: Config) -> Config:
 
 def _resolve_paths(cfg: Config, base: Path) -> None:
     def fix(p: Optional[str]) -> Optional[str]:
-        if p is None or is_uri(p) or os.path.isabs(p) or p.startswith("file://"):
+        if not p or is_uri(p) or os.path.isabs(p) or p.startswith("file://"):  # "" stays empty: an error
             return p
         return os.path.normpath(str(base / p))
 
@@ -344,4 +388,6 @@ def load_config(path: str | os.PathLike) -> Config:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc})") from None
     return config_from_dict(data or {}, base_dir=path.resolve().parent)

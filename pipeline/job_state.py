@@ -43,6 +43,15 @@ STEP_OUTPUTS = {"clean": ("cleaned", "quarantine", "duplicates", "stats.json"),
                 "tokenizer": ("tokenizer/tokenizer.json", "tokenizer/training_report.json"),
                 "mix": ("shards/manifest.json", "report")}
 
+# Everything a job writes directly under its output directory.
+OUTPUT_ENTRIES = frozenset({p.split("/")[0] for paths in STEP_OUTPUTS.values() for p in paths}
+                           | {"_job", "_work", "timings.json"})
+
+
+def among_outputs(relative: str) -> bool:
+    """Whether `relative`, a path below the output directory, lies in something the job writes."""
+    return relative.split("/")[0] in OUTPUT_ENTRIES
+
 
 def _drop_neutral(data: dict, prefix: str = "") -> dict:
     out = {}
@@ -100,12 +109,15 @@ def _digest(obj: Any) -> str:
 
 
 def _changes(old: Any, new: Any, where: str = "") -> list[str]:
-    """Dotted names of the fields that differ between two config dicts (lists compared whole)."""
+    """Dotted names of the fields that differ between two config dicts (lists of one length compared
+    item by item, so a changed `inputs[0].text_field` is named; others whole)."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new)):
             out += _changes(old.get(key), new.get(key), f"{where}.{key}" if where else key)
         return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [change for i, (a, b) in enumerate(zip(old, new)) for change in _changes(a, b, f"{where}[{i}]")]
     return [] if old == new else [f"{where}: {json.dumps(old, default=str)[:80]} -> {json.dumps(new, default=str)[:80]}"]
 
 

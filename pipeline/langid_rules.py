@@ -59,6 +59,9 @@ class LangIdRules:
     provenance: dict = field(default_factory=dict)  # how the numbers were obtained (written by the tuner)
 
     def __post_init__(self):
+        if not (isinstance(self.languages, list) and self.languages
+                and all(isinstance(lang, str) and lang for lang in self.languages)):
+            raise ConfigError(f"langid rules: languages: expected a list of language codes, got {self.languages!r}")
         known = set(self.languages)
         if len(known) != len(self.languages) or OTHER in known:
             raise ConfigError("langid rules: languages must be distinct and must not include 'other'")
@@ -104,8 +107,8 @@ class LangIdRules:
             raise ConfigError(f"langid rules {source}: expected a JSON object with a 'languages' list")
         try:
             return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(f"langid rules {source}: {exc}") from None
+        except (TypeError, ConfigError) as exc:  # name the file the bad field is in
+            raise ConfigError(f"langid rules {source}: {str(exc).removeprefix('langid rules: ')}") from None
 
     def save(self, path: str | Path) -> None:
         """Write atomically, keys sorted, so the same tuning run gives the same bytes."""

@@ -25,12 +25,12 @@ import logging
 import os
 from dataclasses import dataclass
 
-from pipeline.config import Config, ConfigError, infer_format, is_uri
+from pipeline.config import Config, ConfigError, has_glob, infer_format, is_uri
+from pipeline.job_state import among_outputs
 from pipeline.normalize import replace_surrogates
 
 log = logging.getLogger(__name__)
 
-_MAGIC = set("*?[")
 _NOT_DATA = (".", "_")  # prefixes of names that are never data: hidden files, _SUCCESS, _temporary/
 
 
@@ -46,7 +46,7 @@ class InputFile:
 def _root_of(pattern: str) -> str:
     parts = pattern.split("/")
     for i, part in enumerate(parts):
-        if _MAGIC & set(part):
+        if has_glob(part):
             return "/".join(parts[:i]) or "/"
     return os.path.dirname(pattern.rstrip("/")) or "."
 
@@ -82,7 +82,7 @@ def _recursive_glob(pattern: str) -> list[str]:
     reachable both ways is listed under its real path.
     """
     parts = pattern.split("/")
-    first = next(i for i, part in enumerate(parts) if _MAGIC & set(part))
+    first = next(i for i, part in enumerate(parts) if has_glob(part))
     prefix = "/".join(parts[:first])
     start = prefix or ("/" if pattern.startswith("/") else ".")
     rest = [p for p in parts[first:] if p]
@@ -113,7 +113,7 @@ def _recursive_glob(pattern: str) -> list[str]:
 def _list_local(path: str) -> tuple[list[str], str]:
     if path.startswith("file://"):
         path = path[len("file://"):]
-    if _MAGIC & set(path) and not os.path.lexists(path):
+    if has_glob(path) and not os.path.lexists(path):
         names = _recursive_glob(path) if "**" in path.split("/") else glob.glob(path)
         # Keep what is not a directory even when it cannot be opened (dangling link, link loop): the
         # reader quarantines it. A directory named like a record file is kept for the same reason;
@@ -134,7 +134,7 @@ def _list_remote(url: str) -> tuple[list[str], str]:
 
     fs, path = fsspec.core.url_to_fs(url)
     protocol = url.split("://", 1)[0]
-    if _MAGIC & set(path) and not fs.exists(path):
+    if has_glob(path) and not fs.exists(path):
         names = fs.glob(path)
         root = _root_of(path)
     elif fs.isdir(path):
@@ -154,6 +154,7 @@ def list_input_files(cfg: Config) -> list[InputFile]:
     matches no record file, or if two sources list the same file (its documents would be read twice)."""
     listed: list[tuple[int, str, str, str]] = []  # (spec_index, url, root, format)
     for spec_index, spec in enumerate(cfg.inputs):
+        _refuse_reading_the_output(spec_index, spec.path, cfg.output)
         files, root = (_list_remote if is_uri(spec.path) else _list_local)(spec.path)
         # Files no format fits are a README or stats file next to the data, not record files.
         matched = [(spec_index, f, root, fmt) for f in _once(files, spec_index)
@@ -187,6 +188,48 @@ def _relative(url: str, root: str) -> str:
     """`url`'s path below `root`; its file name where it is not below."""
     prefix = root.rstrip("/") + "/"
     return (url[len(prefix):] if url.startswith(prefix) else "") or os.path.basename(url)
+
+
+def _refuse_reading_the_output(spec_index: int, path: str, output: str) -> None:
+    """The job never reads what it writes: an input among the job's own outputs would be replaced while
+    it is read, and an output the input's listing reaches would be read back as documents (its stats
+    and step markers on the first run, its cleaned files on the next)."""
+    if is_uri(path) or is_uri(output):
+        return
+    out = os.path.abspath(output.removeprefix("file://"))
+    parts = os.path.abspath(path.removeprefix("file://")).split("/")
+    first = next((i for i, part in enumerate(parts) if has_glob(part)), None)
+    root = "/".join(parts[:first]) or "/"
+    if _below(root, out) and among_outputs(root[len(out.rstrip("/")) + 1:]):
+        raise ConfigError(f"inputs[{spec_index}].path {path} is among the outputs the job writes to {output}: it "
+                          "would be replaced while it is read")
+    if not (root == out or _below(out, root)):
+        return
+    names = out[len(root.rstrip("/")) + 1:].split("/") if root != out else []
+    if first is None:
+        reached = os.path.isdir(root) and not any(name.startswith(_NOT_DATA) for name in names)
+    else:
+        reached = _reaches_below(parts[first:], names)
+    if reached:
+        raise ConfigError(f"output {output} is inside inputs[{spec_index}].path {path}: the job would read its own "
+                          "outputs as documents; put the output elsewhere (or start its name with `_`, which "
+                          "input listing skips)")
+
+
+def _below(path: str, directory: str) -> bool:
+    return path.startswith(directory.rstrip("/") + "/")
+
+
+def _reaches_below(parts: list[str], names: list[str]) -> bool:
+    """Whether the pattern components `parts` can match a path strictly below the directory `names`."""
+    if not names:
+        return bool(parts)
+    if not parts:
+        return False
+    if parts[0] == "**":
+        return _reaches_below(parts[1:], names) or (
+            not names[0].startswith(_NOT_DATA) and _reaches_below(parts, names[1:]))
+    return _match_parts(parts[:1], names[:1]) and _reaches_below(parts[1:], names[1:])
 
 
 def _once(files: list[str], spec_index: int) -> list[str]:

@@ -129,3 +129,12 @@ def test_demo_takes_a_new_directory_or_its_own(tmp_path):
     cfg.output = str(tmp_path / "old-demo")
     JobState(cfg).start("clean")
     claim_demo_output(tmp_path / "old-demo", overwrite=False)
+
+
+def test_a_changed_input_field_is_named_in_the_refusal(inputs, tmp_path):
+    out = tmp_path / "out"
+    JobState(_cfg(inputs, out)).start("clean")
+    changed = _cfg(inputs, out)
+    changed.inputs[1].text_field = "content"  # b.jsonl (books): first in the canonical order
+    with pytest.raises(ConfigError, match=r"Changed: inputs\[0\].text_field: \"text\" -> \"content\"\."):
+        JobState(changed).check()

@@ -43,11 +43,47 @@ def test_defaults_and_relative_paths(tmp_path):
     ({"read": {"raw_preview_chars": -5}}, "read.raw_preview_chars: -5 is out of range"),
     ({"mixing": {"total_tokens": 1}}, "mixing.total_tokens: 1 is out of range (must be >= 16384)"),
     ({"ray": {"object_store_memory": -5}}, "ray.object_store_memory: -5 is out of range"),
+    # In range each, but datasketch finds no banding: these used to fail after read and language ID.
+    ({"dedup": {"threshold": 0.99}}, "dedup.threshold 0.99 with dedup.num_perm 128: no LSH banding fits"),
+    ({"dedup": {"num_perm": 8}}, "dedup.threshold 0.8 with dedup.num_perm 8: no LSH banding fits"),
+    ({"inputs": [{"path": "/", "category": "web", "text_field": ""}]}, "inputs[0].text_field: must name a field"),
+    ({"inputs": [{"path": "bogus://bucket/x.jsonl", "category": "web"}]}, "inputs[0].path: cannot open bogus://"),
+    ({"inputs": [{"path": "memory://xdp-test/none.jsonl", "category": "web"}]},
+     "inputs[0].path: no such file or directory: memory://xdp-test/none.jsonl"),
 ])
 def test_bad_fields_are_named(tmp_path, overrides, message):
     with pytest.raises(ConfigError) as err:
         config_from_dict(_cfg(tmp_path, **overrides))
     assert message in str(err.value)
+
+
+def test_a_remote_input_that_exists_passes(tmp_path):
+    import fsspec
+
+    with fsspec.open("memory://xdp-test/there.jsonl", "wb") as fh:
+        fh.write(b'{"text": "x"}\n')
+    config_from_dict(_cfg(tmp_path, inputs=[{"path": "memory://xdp-test/there.jsonl", "category": "web"}]))
+
+
+def test_user_langid_files_are_loaded_with_the_config(tmp_path):
+    # Checked for existence only, they used to fail first in a Ray worker, after the read stage.
+    (tmp_path / "lid.bin").write_text('{"text": "not a model"}\n')
+    with pytest.raises(ConfigError, match="langid.model: .*not a fastText model"):
+        config_from_dict(_cfg(tmp_path, langid={"model": str(tmp_path / "lid.bin")}))
+    (tmp_path / "rules.json").write_text('{"languages": "en"}')
+    with pytest.raises(ConfigError, match="langid rules .*rules.json"):
+        config_from_dict(_cfg(tmp_path, langid={"rules": str(tmp_path / "rules.json")}))
+
+
+def test_empty_paths_are_errors_not_the_config_directory(tmp_path):
+    # A relative path is resolved against the config's directory; "" used to become that directory.
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "job.yaml").write_text('inputs:\n  - {path: a.jsonl, category: web}\noutput: ""\n')
+    with pytest.raises(ConfigError, match="output: required"):
+        load_config(tmp_path / "job.yaml")
+    (tmp_path / "job.yaml").write_text('inputs:\n  - {path: "", category: web}\noutput: out\n')
+    with pytest.raises(ConfigError, match=r"inputs\[0\].path: required"):
+        load_config(tmp_path / "job.yaml")
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
@@ -56,6 +92,9 @@ def test_bad_yaml_and_missing_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("inputs: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+    (tmp_path / "latin1.yaml").write_bytes("output: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(tmp_path / "latin1.yaml")
 
 
 def test_cli_reports_missing_files_without_a_traceback(capsys):

@@ -14,7 +14,8 @@ def _files(tmp_path, *names: str) -> None:
 
 
 def _sources(tmp_path, *paths: str) -> list[str]:
-    cfg = Config(inputs=[InputSource(path=str(tmp_path / p), category="web") for p in paths], output=str(tmp_path / "o"))
+    cfg = Config(inputs=[InputSource(path=str(tmp_path / p), category="web") for p in paths],
+                 output=str(tmp_path / "_out"))  # `_`: never listed, even with "." as an input
     return [f.source for f in list_input_files(cfg)]
 
 
@@ -67,3 +68,24 @@ def test_a_file_one_source_reaches_under_two_names_is_read_once(tmp_path, caplog
     assert _sources(tmp_path, "d") == ["d/a.jsonl", "d/gone.jsonl"]
     assert _sources(tmp_path, "d/*.jsonl") == ["a.jsonl", "gone.jsonl"]
     assert "link_a.jsonl is" in caplog.text and "read once" in caplog.text
+
+
+@pytest.mark.parametrize("source, output, refused", [
+    ("data", "data/xdp-out", "read its own outputs"),
+    ("data/**/*.jsonl", "data/a/xdp-out", "read its own outputs"),
+    ("data/*/*.jsonl", "data/xdp-out", "read its own outputs"),  # would match xdp-out/stats.json
+    ("out/cleaned", "out", "replaced while it is read"),
+    ("data", "data", "read its own outputs"),
+    ("out/raw", "out", None),  # next to the outputs, not among them
+    ("data", "data/_xdp-out", None),  # listing skips _-prefixed directories
+    ("data/*.jsonl", "data/xdp-out", None),  # the pattern reaches no file below xdp-out
+    ("data/in.jsonl", "data/xdp-out", None),
+])
+def test_the_job_never_reads_its_own_output(tmp_path, source, output, refused):
+    _files(tmp_path, "data/in.jsonl", "data/a/b.jsonl", "out/cleaned/c.jsonl", "out/raw/d.jsonl")
+    cfg = Config(inputs=[InputSource(path=str(tmp_path / source), category="web")], output=str(tmp_path / output))
+    if refused:
+        with pytest.raises(ConfigError, match=refused):
+            list_input_files(cfg)
+    else:
+        assert list_input_files(cfg)
