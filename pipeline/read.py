@@ -3,8 +3,9 @@
 Every record read becomes exactly one row: a valid document (`reason` null) or a quarantine row
 (`reason` set, `raw` holding a truncated copy). Nothing raises on bad data: a broken line, bad UTF-8,
 a record that is not an object, a missing or non-string text, an unknown category, an oversized
-record, or a file that breaks mid-way (truncated gzip/zstd, unreadable) is reported with its file
-and position (JSONL: 1-based line number; Parquet: 0-based row index).
+record, a Parquet value Python cannot hold (in any column: the row alone is quarantined), or a file
+that breaks mid-way (truncated or damaged gzip/zstd, unreadable) is reported with its file and
+position (JSONL: 1-based line number; Parquet: 0-based row index).
 
 A file-level failure (cannot be opened: missing, dangling or looping symlink, no permission; not a
 regular file: directory, FIFO, device; broken archive) is one `read_error` row at the position where
@@ -184,33 +185,111 @@ def _decompressed(raw: IO[bytes], fmt: str) -> IO[bytes]:
     return raw
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
 class _ZstdStream:
-    """Multi-frame zstd decompression that notices truncation (zstandard's stream_reader just stops)."""
+    """Multi-frame zstd decompression that notices truncation (zstandard's stream_reader just stops)
+    and keeps every byte decoded before damage.
+
+    A decompressor call that fails drops all it decoded, so the input is fed one unit at a time: a
+    frame header, one block (at most 128 KiB of output), the checksum, a skippable frame. A damaged
+    block costs only itself; a bad checksum or a broken next frame costs nothing already decoded.
+    Output decoded before a failure is returned first; the next read raises the failure."""
 
     def __init__(self, raw: IO[bytes]):
         import zstandard
 
         self.raw, self.new = raw, zstandard.ZstdDecompressor().decompressobj
-        self.obj, self.in_frame = self.new(), False
+        self.obj, self.in_frame = self.new(), False  # in_frame: the decompressor holds part of a frame
+        self.buf, self.pos = b"", 0  # compressed input not fed yet: buf[pos:]
+        self.state, self.checksum, self.skip = "frame", False, 0
+        self.error: Optional[Exception] = None
+
+    def _unit(self) -> int:
+        """Length of the next unit in buf[pos:], 0 while it is incomplete. What is not a zstd or
+        skippable frame is fed whole ("opaque"): the decompressor judges it."""
+        buf, pos = self.buf, self.pos
+        avail = len(buf) - pos
+        if self.state == "frame":
+            if avail < 5:
+                return 0
+            magic, descriptor = buf[pos:pos + 4], buf[pos + 4]
+            if magic == _ZSTD_MAGIC:
+                single = descriptor >> 5 & 1  # header: magic, descriptor, window, dictionary id, content size
+                size = 6 - single + (0, 1, 2, 4)[descriptor & 3] + (single, 2, 4, 8)[descriptor >> 6]
+                if avail < size:
+                    return 0
+                self.state, self.checksum = "block", bool(descriptor & 4)
+                return size
+            if magic[1:] == b"\x2a\x4d\x18" and magic[0] & 0xF0 == 0x50:  # skippable frame
+                if avail < 8:
+                    return 0
+                self.skip = int.from_bytes(buf[pos + 4:pos + 8], "little")
+                self.state = "skip" if self.skip else "frame"
+                return 8
+            self.state = "opaque"
+            return avail
+        if self.state == "block":
+            if avail < 3:
+                return 0
+            header = int.from_bytes(buf[pos:pos + 3], "little")  # last flag, type, size
+            size = 3 + (1 if header >> 1 & 3 == 1 else header >> 3)  # an RLE block holds one byte
+            if avail < size:
+                return 0
+            if header & 1:
+                self.state = "checksum" if self.checksum else "frame"
+            return size
+        if self.state == "checksum":
+            if avail < 4:
+                return 0
+            self.state = "frame"
+            return 4
+        if self.state == "skip":
+            size = min(self.skip, avail)
+            self.skip -= size
+            if not self.skip:
+                self.state = "frame"
+            return size
+        return avail  # opaque
 
     def read1(self, size: int) -> bytes:
-        while True:
-            data = self.raw.read(size)
-            if not data:
-                if self.in_frame:
-                    raise EOFError("zstd stream ended before the end of its last frame")
-                return b""
-            out = []
-            while data:
+        out, n = [], 0
+        while n < size and self.error is None:
+            length, tail = self._unit(), False
+            if not length:
+                if out:
+                    break  # hand over what is decoded before reading on
+                data = self.raw.read(size)
+                if data:
+                    self.buf, self.pos = self.buf[self.pos:] + data, 0
+                    continue
+                if not self.in_frame and self.pos == len(self.buf):
+                    break  # the end, between frames
+                length, tail = len(self.buf) - self.pos, True  # a cut frame: decode what its tail holds
+            piece = memoryview(self.buf)[self.pos:self.pos + length]
+            self.pos += length
+            try:
+                decoded = self.obj.decompress(piece)
+            except Exception as exc:  # damaged data: raised once what came before is handed over
+                self.error = exc
+                break
+            if self.obj.eof:  # a frame ended: what follows it starts the next one
+                self.pos -= len(self.obj.unused_data)
+                self.obj, self.in_frame, self.state = self.new(), False, "frame"
+            else:
                 self.in_frame = True
-                out.append(self.obj.decompress(data))
-                if self.obj.eof:
-                    data, self.obj, self.in_frame = self.obj.unused_data, self.new(), False
-                else:
-                    data = b""
-            result = b"".join(out)
-            if result:
-                return result
+                if self.state == "frame":  # the frame went on past where its blocks said it ends
+                    self.state = "opaque"
+                if tail:
+                    self.error = EOFError("zstd stream ended before the end of its last frame")
+            if decoded:
+                out.append(decoded)
+                n += len(decoded)
+        result = b"".join(out)
+        if not result and self.error is not None:
+            raise self.error
+        return result
 
 
 class ReadError(Exception):
@@ -296,6 +375,63 @@ def _read_jsonl(file: InputFile, validator: RecordValidator, cfg: ReadConfig) ->
         yield validator.quarantine(position + 1, f"read_error: {detail}", "", 0)
 
 
+def _batch_records(batch: pa.RecordBatch) -> Iterator[tuple[dict, Optional[str]]]:
+    """The rows of a Parquet batch as (record, None), or (preview record, reason) for a row holding a
+    value Python cannot represent (a string that is not UTF-8, a timestamp past year 9999), in any
+    column. The batch converts at once; only when that fails is it converted column by column, and a
+    failing column cell by cell, so one bad value costs its row and nothing else."""
+    try:
+        records = batch.to_pylist()
+    except Exception:
+        pass
+    else:
+        yield from ((record, None) for record in records)
+        return
+    names, columns, bad = batch.schema.names, [], {}
+    for name, column in zip(names, batch.columns):
+        try:
+            columns.append(column.to_pylist())
+            continue
+        except Exception:
+            pass
+        values = []
+        for i in range(len(column)):
+            try:
+                values.append(column[i].as_py())
+            except Exception as exc:
+                values.append(_cell_preview(column, i))
+                bad.setdefault(i, _value_reason(name, exc))  # the first bad column names the row's reason
+        columns.append(values)
+    for i, row in enumerate(zip(*columns)):
+        yield dict(zip(names, row)), bad.get(i)
+
+
+def _value_reason(column: str, exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"invalid_utf8: {column}: byte {exc.start}"
+    return f"invalid_value: {column}: {type(exc).__name__}: {str(exc)[:200]}"
+
+
+_BINARY_OF = {pa.string(): pa.binary(), pa.large_string(): pa.large_binary()}
+if hasattr(pa, "string_view"):  # pyarrow >= 16
+    _BINARY_OF[pa.string_view()] = pa.binary_view()
+
+
+def _cell_preview(column: pa.Array, i: int) -> str:
+    """A value that does not convert, as text for the quarantine preview: a string's bytes with bad
+    UTF-8 replaced, anything else as Arrow prints it ("<value out of range: ...>")."""
+    cell = column.slice(i, 1)
+    try:
+        if pa.types.is_dictionary(cell.type):
+            cell = cell.dictionary_decode()
+        binary = _BINARY_OF.get(cell.type)
+        if binary is not None:
+            return cell.view(binary)[0].as_py().decode("utf-8", "replace")
+        return cell.to_string(indent=0, top_level_indent=0, skip_new_lines=True)[1:-1]
+    except Exception as exc:
+        return f"<{type(exc).__name__}>"
+
+
 def _read_parquet(file: InputFile, validator: RecordValidator, cfg: ReadConfig) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
@@ -303,10 +439,11 @@ def _read_parquet(file: InputFile, validator: RecordValidator, cfg: ReadConfig) 
     try:
         with _open_bytes(file.url) as raw:
             for batch in pq.ParquetFile(raw).iter_batches(batch_size=cfg.batch_size):
-                for record in batch.to_pylist():
+                for record, reason in _batch_records(batch):
                     position += 1
-                    yield validator.row(record, position, 0, None)
-    except Exception as exc:
+                    yield (validator.row(record, position, 0, None) if reason is None
+                           else validator.quarantine(position, reason, validator._preview(record), 0))
+    except Exception as exc:  # unreadable file, broken page: the rest of the file is lost
         yield validator.quarantine(position + 1, f"read_error: {type(exc).__name__}: {exc}", "", 0)
 
 

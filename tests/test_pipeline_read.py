@@ -144,3 +144,72 @@ def test_meta_is_strict_json_even_for_nan_and_bytes(tmp_path):
 
     parsed = json.loads(meta, parse_constant=not_json)  # NaN, Infinity: what strict readers refuse
     assert parsed["score"] == "nan" and parsed["nested"] == ["-inf", 1.0] and isinstance(parsed["blob"], str)
+
+
+def _bad_rows(table) -> list:
+    bad = table.filter(pa.compute.is_valid(table.column("reason")))
+    return list(zip(bad.column("position").to_pylist(), bad.column("reason").to_pylist()))
+
+
+def _good_positions(table) -> list:
+    return table.filter(pa.compute.is_null(table.column("reason"))).column("position").to_pylist()
+
+
+def test_zstd_bad_checksum_keeps_every_decoded_record(tmp_path):
+    # Every text byte is intact, only the frame checksum is off: all records were decoded before the
+    # check failed, and the decompressor call that fails drops what it decoded.
+    payload = b"".join(json.dumps({"id": str(i), "text": f"doc {i}"}).encode() + b"\n" for i in range(20000))
+    data = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(payload))
+    data[-2] ^= 1
+    path = tmp_path / "checksum.jsonl.zst"
+    path.write_bytes(bytes(data))
+    table = _read(path, "jsonl.zst")
+    assert table.num_rows == 20001
+    assert _good_positions(table) == list(range(1, 20001))
+    assert table.column("id").to_pylist()[:20000] == [str(i) for i in range(20000)]
+    [(position, reason)] = _bad_rows(table)
+    assert position == 20001  # the line after the last complete one
+    assert reason.startswith("read_error: ZstdError: ") and "checksum" in reason
+
+
+def test_zstd_damaged_second_frame_keeps_the_first(tmp_path):
+    first = b"".join(json.dumps({"id": str(i), "text": f"doc {i}"}).encode() + b"\n" for i in range(300))
+    second = bytearray(zstandard.ZstdCompressor().compress(b'{"id": "lost", "text": "in frame two"}\n'))
+    second[:4] = b"\x00\x00\x00\x00"  # its magic number is gone
+    path = tmp_path / "frames.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(first) + bytes(second))
+    table = _read(path, "jsonl.zst")
+    assert table.num_rows == 301
+    assert _good_positions(table) == list(range(1, 301))
+    [(position, reason)] = _bad_rows(table)
+    assert position == 301
+    assert reason.startswith("read_error: ZstdError: ") and "Unknown frame descriptor" in reason
+
+
+def test_parquet_value_out_of_range_in_an_extra_column_costs_only_its_row(tmp_path):
+    seconds = [1_600_000_000 + i for i in range(5000)]
+    seconds[10] = 10 ** 12  # past year 9999: Python's datetime cannot hold it
+    path = tmp_path / "crawl.parquet"
+    pq.write_table(pa.table({"id": [str(i) for i in range(5000)], "text": [f"doc {i}" for i in range(5000)],
+                             "crawl_time": pa.array(seconds, pa.timestamp("s"))}), path)
+    table = _read(path, "parquet")
+    assert table.num_rows == 5000
+    assert _good_positions(table) == [i for i in range(5000) if i != 10]
+    assert _bad_rows(table) == [(10, "invalid_value: crawl_time: OverflowError: date value out of range")]
+    raw = json.loads(table.column("raw")[10].as_py())
+    assert raw["id"] == "10" and raw["text"] == "doc 10" and "out of range" in raw["crawl_time"]
+    assert "crawl_time" in json.loads(table.column("meta")[11].as_py())  # good rows keep the column
+
+
+def test_parquet_invalid_utf8_costs_only_its_row(tmp_path):
+    texts = [f"doc {i}".encode() for i in range(5000)]
+    texts[3000] = b"caf\xe9 au lait"  # Latin-1, not UTF-8; in the second batch of 2048
+    path = tmp_path / "latin1.parquet"
+    pq.write_table(pa.table({"id": [str(i) for i in range(5000)],
+                             "text": pa.array(texts, pa.binary()).view(pa.string())}), path)
+    table = _read(path, "parquet")
+    assert table.num_rows == 5000
+    assert _good_positions(table) == [i for i in range(5000) if i != 3000]
+    assert table.column("id").to_pylist()[2048:2050] == ["2048", "2049"]
+    assert _bad_rows(table) == [(3000, "invalid_utf8: text: byte 3")]
+    assert json.loads(table.column("raw")[3000].as_py()) == {"id": "3000", "text": "caf\ufffd au lait"}
