@@ -73,7 +73,7 @@ class DedupConfig:
     num_partitions: int = 16  # hash partitions for every grouping, at least; more for a larger input:
     partition_chars: int = 32_000_000  # text per partition at most (bounds a task's documents)
     partition_docs: int = 100_000  # documents per partition at most (bounds a task's band rows)
-    max_iterations: int = 30  # label-propagation rounds before giving up
+    max_iterations: int = 64  # rounds before giving up; pointer jumping needs ~log2(longest chain)
 
 
 @dataclass

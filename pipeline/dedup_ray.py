@@ -8,8 +8,11 @@ reads its pieces and writes its result. The driver only sees counts and schemas.
 Exact:  docs -> pieces by hash(text key) -> per partition: smallest id per key survives.
 Near:   docs -> pieces by hash(id)  +  band rows -> pieces by hash(band key)
         -> per band partition: verified star edges, written both ways by hash(src)
-        -> rounds of min-label propagation (messages by hash(dst), labels by hash(node)) until no
-           label changes -> per id partition (docs and labels share the partitioning): kept / removed.
+        -> rounds until a whole round changes no label, each: min-label propagation (messages by
+           hash(dst), labels by hash(node)), then hooking and pointer jumping (requests by
+           hash(target), answers by hash(node)), so a chain of n near duplicates takes ~log2(n)
+           rounds, not n; `dedup.max_iterations` is only a safety bound
+        -> per id partition (docs and labels share the partitioning): kept / removed.
 The partition count grows with the input (`dedup.partition_count`), so one partition task holds a
 bounded share of it. Outputs are one file per partition, sorted by id: the same bytes for any block
 count, worker count or input order.
@@ -206,11 +209,39 @@ def _near_messages(root: str, p: int, rnd: int, num_partitions: int) -> int:
 
 
 @ray.remote(num_cpus=1)
-def _near_relabel(root: str, q: int, rnd: int) -> int:
-    """Round `rnd`, receiving side: new labels of partition `q`; returns how many changed."""
+def _near_relabel(root: str, q: int, rnd: int, num_partitions: int) -> int:
+    """Round `rnd`, receiving side: partition `q` takes the smallest labels sent, then asks for its hooks
+    and jumps (requests by hash(target)); returns how many labels changed."""
     root = Path(root)
-    labels, changed = dedup.relabel(_read_partition(root, f"labels-{rnd}", q, dedup.LABEL_SCHEMA),
-                                    _read_partition(root, f"messages-{rnd}", q, dedup.MESSAGE_SCHEMA))
+    before = _read_partition(root, f"labels-{rnd}", q, dedup.LABEL_SCHEMA)
+    labels, changed = dedup.relabel(before, _read_partition(root, f"messages-{rnd}", q, dedup.MESSAGE_SCHEMA))
+    write_parquet_atomic(labels, _part_dir(root, f"propagated-{rnd}", q) / "labels.parquet")
+    requests = dedup.jump_requests(before, labels)
+    _write_pieces(requests, dedup.partition_of(requests.column("target").combine_chunks(), num_partitions), root,
+                  f"requests-{rnd}", name=f"from-{q:05d}")
+    return changed
+
+
+@ray.remote(num_cpus=1)
+def _near_answer(root: str, p: int, rnd: int, num_partitions: int) -> int:
+    """Round `rnd`, requested side: partition `p` hooks its nodes to the labels sent, then answers with their
+    labels (by hash(asking node)); returns how many labels changed."""
+    root = Path(root)
+    requests = _read_partition(root, f"requests-{rnd}", p, dedup.REQUEST_SCHEMA)
+    labels, changed = dedup.hook(_read_partition(root, f"propagated-{rnd}", p, dedup.LABEL_SCHEMA), requests)
+    write_parquet_atomic(labels, _part_dir(root, f"hooked-{rnd}", p) / "labels.parquet")
+    answers = dedup.jump_answers(requests, labels)
+    _write_pieces(answers, dedup.partition_of(answers.column("node").combine_chunks(), num_partitions), root,
+                  f"answers-{rnd}", name=f"from-{p:05d}")
+    return changed
+
+
+@ray.remote(num_cpus=1)
+def _near_jump(root: str, q: int, rnd: int) -> int:
+    """Round `rnd`, last step: partition `q` takes the smaller answers; returns how many labels changed."""
+    root = Path(root)
+    labels, changed = dedup.adopt_jumps(_read_partition(root, f"hooked-{rnd}", q, dedup.LABEL_SCHEMA),
+                                        _read_partition(root, f"answers-{rnd}", q, dedup.MESSAGE_SCHEMA))
     write_parquet_atomic(labels, _part_dir(root, f"labels-{rnd + 1}", q) / "labels.parquet")
     return changed
 
@@ -226,21 +257,25 @@ def _near_split(root: str, p: int, rnd: int, schema: pa.Schema) -> tuple[int, in
 
 
 def _propagate_labels(root: Path, P: int, max_iterations: int) -> int:
-    """Min-label propagation until no label changes; returns the round whose labels are final."""
+    """Rounds of min-label propagation, hooking and pointer jumping until a whole round changes no label;
+    returns the round whose labels are final."""
     run_tasks(_near_init_labels, [(str(root), q) for q in range(P)], "near dedup: labels")
     for rnd in range(max_iterations):
-        run_tasks(_near_messages, [(str(root), p, rnd, P) for p in range(P)],
-                  f"near dedup: round {rnd + 1} send")
-        changed = sum(run_tasks(_near_relabel, [(str(root), q, rnd) for q in range(P)],
-                                f"near dedup: round {rnd + 1} receive"))
-        shutil.rmtree(root / f"messages-{rnd}", ignore_errors=True)
-        shutil.rmtree(root / f"labels-{rnd}", ignore_errors=True)
+        args = [(str(root), p, rnd, P) for p in range(P)]
+        run_tasks(_near_messages, args, f"near dedup: round {rnd + 1} send")
+        changed = sum(run_tasks(_near_relabel, args, f"near dedup: round {rnd + 1} receive"))
+        changed += sum(run_tasks(_near_answer, args, f"near dedup: round {rnd + 1} answer"))
+        changed += sum(run_tasks(_near_jump, [(str(root), q, rnd) for q in range(P)],
+                                 f"near dedup: round {rnd + 1} jump"))
+        for step in ("messages", "labels", "propagated", "requests", "hooked", "answers"):
+            shutil.rmtree(root / f"{step}-{rnd}", ignore_errors=True)
         log.info("near dedup: round %d, %d labels changed", rnd + 1, changed)
         if changed == 0:
             return rnd + 1
     raise RuntimeError(
-        f"near dedup: connected components did not converge in {max_iterations} label-propagation rounds "
-        f"(dedup.max_iterations); raise it, or check for very long chains of near duplicates")
+        f"near dedup: connected components did not converge in {max_iterations} rounds (dedup.max_iterations, "
+        f"a safety bound: with hooking and pointer jumping, rounds grow as ~log2 of the longest chain of near "
+        f"duplicates); raise it")
 
 
 def near_dedup(ds: ray.data.Dataset, cfg: DedupConfig, work_dir: str,

@@ -1,6 +1,9 @@
 """The pure dedup steps (no Ray): exact survivors, band buckets, label propagation, the final split."""
 from __future__ import annotations
 
+import math
+import random
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -62,15 +65,50 @@ def test_band_table_rejects_too_few_permutations():
         dedup.band_table(pa.array(["a"]), np.zeros((1, 8), dtype=np.uint64), bands=3, rows=3)
 
 
-def _components(edges: pa.Table, max_rounds=20) -> dict:
-    """Label propagation in one partition, as the Ray layer runs it per partition."""
+def _route(table: pa.Table, column: str, partitions: int) -> list[pa.Table]:
+    parts = dedup.partition_of(table.column(column).combine_chunks(), partitions)
+    return [table.filter(pa.array(parts == p)) for p in range(partitions)]
+
+
+def _deliver(sent: list[list[pa.Table]], schema: pa.Schema) -> list[pa.Table]:
+    """What each partition receives: the pieces every partition routed to it."""
+    return [pa.concat_tables([pieces[p] for pieces in sent]).cast(schema) for p in range(len(sent))]
+
+
+def _rounds(edges: pa.Table, partitions: int = 1, max_rounds: int = 20) -> tuple[dict, int]:
+    """Label propagation, hooking and pointer jumping as the Ray layer runs them, each step per partition
+    with tables routed by hash; the final labels and the rounds they took."""
     both = pa.concat_tables([edges, edges.select(["dst", "src"]).rename_columns(["src", "dst"])])
-    labels = dedup.initial_labels(both)
-    for _ in range(max_rounds):
-        labels, changed = dedup.relabel(labels, dedup.label_messages(both, labels))
-        if not changed:
-            return dict(zip(labels.column("node").to_pylist(), labels.column("label").to_pylist()))
+    edges = _route(both, "src", partitions)
+    labels = [dedup.initial_labels(e) for e in edges]
+    for rnd in range(1, max_rounds + 1):
+        inbox = _deliver([_route(dedup.label_messages(e, l), "node", partitions) for e, l in zip(edges, labels)],
+                         dedup.MESSAGE_SCHEMA)
+        before, (labels, changed) = labels, zip(*(dedup.relabel(l, m) for l, m in zip(labels, inbox)))
+        requests = _deliver([_route(dedup.jump_requests(b, a), "target", partitions) for b, a in zip(before, labels)],
+                            dedup.REQUEST_SCHEMA)
+        labels, hooked = zip(*(dedup.hook(l, r) for l, r in zip(labels, requests)))
+        answers = _deliver([_route(dedup.jump_answers(r, l), "node", partitions) for r, l in zip(requests, labels)],
+                           dedup.MESSAGE_SCHEMA)
+        labels, jumped = zip(*(dedup.adopt_jumps(l, a) for l, a in zip(labels, answers)))
+        if not sum(changed) + sum(hooked) + sum(jumped):
+            final = pa.concat_tables(labels)
+            return dict(zip(final.column("node").to_pylist(), final.column("label").to_pylist())), rnd
     raise AssertionError("did not converge")
+
+
+def _union_find(src: list[str], dst: list[str]) -> dict:
+    parent = {}
+
+    def root(x):
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for a, b in zip(src, dst):
+        ra, rb = root(a), root(b)
+        parent[max(ra, rb)] = min(ra, rb)
+    return {x: root(x) for x in parent}
 
 
 def test_transitive_chains_collapse_to_one_component():
@@ -78,10 +116,33 @@ def test_transitive_chains_collapse_to_one_component():
     chain = [f"n{i:02d}" for i in range(12)]
     src = ["b", "c"] + chain[1:] + ["y"]
     dst = ["a", "b"] + chain[:-1] + ["x"]
-    labels = _components(pa.table({"src": src, "dst": dst}, schema=dedup.EDGE_SCHEMA))
-    assert labels["a"] == labels["b"] == labels["c"] == "a"
-    assert {labels[n] for n in chain} == {"n00"}
-    assert labels["y"] == "x" and labels["x"] == "x"
+    for partitions in (1, 16):  # 16: some partitions have no nodes
+        labels, _ = _rounds(pa.table({"src": src, "dst": dst}, schema=dedup.EDGE_SCHEMA), partitions)
+        assert labels["a"] == labels["b"] == labels["c"] == "a"
+        assert {labels[n] for n in chain} == {"n00"}
+        assert labels["y"] == "x" and labels["x"] == "x"
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending", "shuffled"])
+def test_a_long_chain_takes_logarithmic_rounds(order):
+    # 600 near duplicates in a row (sliding-window chunks, revisions): propagation alone needs ~600 rounds
+    n = 600
+    ids = [f"d{i:04d}" for i in range(n)]
+    ids = {"ascending": ids, "descending": ids[::-1], "shuffled": random.Random(0).sample(ids, n)}[order]
+    labels, rounds = _rounds(pa.table({"src": ids[1:], "dst": ids[:-1]}, schema=dedup.EDGE_SCHEMA), partitions=3)
+    assert labels == {i: "d0000" for i in ids}
+    assert rounds <= 2 * math.log2(n) + 3
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_graphs_match_union_find(seed):
+    rng = random.Random(seed)
+    n = 400
+    src = [f"v{rng.randrange(n)}" for _ in range(300)]
+    dst = [f"v{rng.randrange(n)}" for _ in range(300)]
+    labels, rounds = _rounds(pa.table({"src": src, "dst": dst}, schema=dedup.EDGE_SCHEMA), partitions=4)
+    assert labels == _union_find(src, dst)
+    assert rounds <= 2 * math.log2(n) + 3
 
 
 def test_split_duplicates_records_the_survivor():
@@ -110,5 +171,5 @@ def test_near_pipeline_in_one_partition_finds_mutated_copies():
     ids = [f"base{i:02d}" for i in range(20)] + [f"copy{i:02d}" for i in range(5)]
     sigs = MinHasher().signatures(base + copies)
     edges = dedup.bucket_edges(dedup.band_table(pa.array(ids), sigs, 9, 13), 0.8)
-    labels = _components(edges)
+    labels, _ = _rounds(edges)
     assert labels == {**{f"copy{i:02d}": f"base{i:02d}" for i in range(5)}, **{f"base{i:02d}": f"base{i:02d}" for i in range(5)}}

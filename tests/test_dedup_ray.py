@@ -140,6 +140,18 @@ def test_label_propagation_that_cannot_converge_fails_clearly(ray_local, tmp_pat
         ("c1", "c0"), ("c2", "c0"), ("c3", "c0"), ("c5", "c4"), ("c6", "c4"), ("c7", "c4")]
 
 
+def test_a_long_chain_of_near_duplicates_converges_in_few_rounds(ray_local, tmp_path):
+    from pipeline.dedup_ray import near_dedup
+
+    # 60 sliding windows of 200 words, 3 words apart: propagation alone needs 13 rounds, jumping 4
+    words = _words(random.Random(5), 200 + 3 * 60)
+    ds = ray_local.data.from_items([{"id": f"c{i:02d}", "text": " ".join(words[3 * i:3 * i + 200])}
+                                    for i in range(60)])
+    kept, dups = near_dedup(ds, DedupConfig(num_partitions=2, max_iterations=8), str(tmp_path))
+    assert [r["id"] for r in kept.take_all()] == ["c00"]
+    assert sorted((r["id"], r["duplicate_of"]) for r in dups.take_all()) == [(f"c{i:02d}", "c00") for i in range(1, 60)]
+
+
 def test_missing_columns_are_named(ray_local, tmp_path):
     from pipeline.dedup_ray import exact_dedup
 
