@@ -8,12 +8,12 @@ atomically, so 1, 2 or N workers give the same bytes. Output layout:
 
     <output>/cleaned/category=<c>/lang=<l>/part-00000.parquet   documents kept
     <output>/quarantine/part-00000.parquet                        bad records (file, position, reason, raw)
-    <output>/duplicates/part-00000.parquet                        id, duplicate_of, stage
+    <output>/duplicates/part-00000.parquet                        id, source, position, stage, and the same
+                                                                  three of the survivor (duplicate_of, ...)
     <output>/stats.json                                           per-stage accounting
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -77,10 +77,19 @@ def _unique_ids(batch: pa.Table) -> pa.Table:
     return batch.set_column(batch.column_names.index("id"), "id", pa.array(ids, pa.string()))
 
 
-def _input_ids(batch: pa.Table, columns: list[str]) -> pa.Table:
-    for name in columns:
-        values = [v.rsplit(_ID_SEP, 2)[0] if v is not None else None for v in batch.column(name).to_pylist()]
-        batch = batch.set_column(batch.column_names.index(name), name, pa.array(values, pa.string()))
+def _input_ids(batch: pa.Table) -> pa.Table:
+    values = [v.rsplit(_ID_SEP, 2)[0] for v in batch.column("id").to_pylist()]
+    return batch.set_column(batch.column_names.index("id"), "id", pa.array(values, pa.string()))
+
+
+def _traceable_duplicates(batch: pa.Table) -> pa.Table:
+    """Duplicates with the input's ids, and where each side was read (`source`, `position`): with
+    ids reused across sources, `0 duplicate_of 0` alone would name neither document."""
+    for name, prefix in (("id", ""), ("duplicate_of", "duplicate_of_")):
+        parts = [v.rsplit(_ID_SEP, 2) for v in batch.column(name).to_pylist()]
+        batch = batch.set_column(batch.column_names.index(name), name, pa.array([p[0] for p in parts], pa.string()))
+        batch = batch.append_column(f"{prefix}source", pa.array([p[1] for p in parts], pa.string()))
+        batch = batch.append_column(f"{prefix}position", pa.array([int(p[2]) for p in parts], pa.int64()))
     return batch
 
 
@@ -213,10 +222,8 @@ class CleanJob:
         if self.cfg.dedup.near:
             kept, d = near_dedup(kept, self.cfg.dedup, str(self.work / "near"), partitions)
             dups.append(d)
-        restore = functools.partial(_input_ids, columns=["id"])
-        restore_dups = functools.partial(_input_ids, columns=["id", "duplicate_of"])
-        return (kept.map_batches(restore, batch_format="pyarrow"),
-                [d.map_batches(restore_dups, batch_format="pyarrow") for d in dups])
+        return (kept.map_batches(_input_ids, batch_format="pyarrow"),
+                [d.map_batches(_traceable_duplicates, batch_format="pyarrow") for d in dups])
 
     def _write(self, staged, kept, dup_sets) -> dict:
         import ray
@@ -242,7 +249,8 @@ class CleanJob:
         duplicates = []
         if has_dups:
             dup_rows = ray.data.read_parquet(str(dups_dir), partitioning=None)
-            duplicates = self._write_small(dup_rows, "duplicates", DUPLICATES_SCHEMA, ["id"], key="id")
+            duplicates = self._write_small(dup_rows, "duplicates", DUPLICATES_SCHEMA, ["id", "source", "position"],
+                                           key="id")
 
         quarantine = staged.map_batches(_quarantined, batch_format="pyarrow")
         quarantined = self._write_small(quarantine, "quarantine", QUARANTINE_SCHEMA,

@@ -118,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
                 if enabled:
                     kept, dups = step(kept, cfg, str(work))
                     removed += _collect(dups)
-        dups = pa.concat_tables([DUPLICATES_SCHEMA.empty_table(), *(t.cast(DUPLICATES_SCHEMA) for t in removed)])
+        # Ids are unique in one input file, so the job's locating columns (source, position) are not needed.
+        schema = pa.schema([DUPLICATES_SCHEMA.field(name) for name in ("id", "duplicate_of", "stage")])
+        dups = pa.concat_tables([schema.empty_table(), *(t.cast(schema) for t in removed)])
         dups = dups.sort_by([("stage", "ascending"), ("id", "ascending")])
         write_parquet_atomic(dups, out / "duplicates.parquet")
         gone = set(dups.column("id").to_pylist())

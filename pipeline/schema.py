@@ -44,9 +44,14 @@ QUARANTINE_SCHEMA = pa.schema([
     ("n_chars", pa.int64()),
 ])
 
+# Each side located in its input as cleaned rows are: input ids may repeat across sources.
 DUPLICATES_SCHEMA = pa.schema([
     ("id", pa.string()),
+    ("source", pa.string()),
+    ("position", pa.int64()),
     ("duplicate_of", pa.string()),
+    ("duplicate_of_source", pa.string()),
+    ("duplicate_of_position", pa.int64()),
     ("stage", pa.string()),
 ])
 

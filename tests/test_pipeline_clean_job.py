@@ -121,6 +121,12 @@ def test_accounting_quarantine_and_dedup(one_node_run, corpus):
     assert [d["id"] for d in dups if d["stage"] == "minhash"] == ["z000"]
     cleaned = pads.dataset(out / "cleaned", format="parquet", partitioning="hive").to_table()
     assert cleaned.num_rows == acc["kept"]
+    # Both sides of every removal are located in the input: the removed one is not kept, its survivor
+    # is kept or was itself removed later (an exact survivor can be a near duplicate).
+    kept_at = {(r["source"], r["position"]) for r in cleaned.select(["source", "position"]).to_pylist()}
+    removed_at = {(d["source"], d["position"]) for d in dups}
+    assert len(removed_at) == len(dups) and not removed_at & kept_at
+    assert all((d["duplicate_of_source"], d["duplicate_of_position"]) in kept_at | removed_at for d in dups)
     qa_ids = cleaned.filter(pads.field("category") == "qa").column("id").to_pylist()
     assert sorted(qa_ids) == ["x000", "z000"]  # same ids as removed duplicates, different documents
     langs = {(r["category"], r["lang"]) for r in cleaned.select(["category", "lang"]).to_pylist()}

@@ -401,7 +401,9 @@ def test_every_valid_document_is_kept_normalized(hostile_run):
     del expected[dropped_copy]
     assert kept_copy in got and dropped_copy not in got
     dups = pq.read_table(out / "duplicates").to_pylist()
-    assert dups == [{"id": "dup-1", "duplicate_of": "dup-1", "stage": "exact"}]  # ... and one is in duplicates/
+    # ... and one is in duplicates/, each side located in its input (both copies have the id dup-1)
+    assert dups == [{"id": "dup-1", "source": dropped_copy[0], "position": dropped_copy[1], "duplicate_of": "dup-1",
+                     "duplicate_of_source": kept_copy[0], "duplicate_of_position": kept_copy[1], "stage": "exact"}]
 
     missing = sorted(k for k in expected if k not in got)
     unexpected = sorted(k for k in got if k not in expected)
@@ -511,5 +513,5 @@ def test_glob_through_two_links_to_ancestors_lists_each_file_once(tmp_path):
     os.symlink("..", tmp_path / "a" / "b" / "up1")
     os.symlink("../..", tmp_path / "a" / "b" / "up2")
     # Config() directly: config validation's own glob.glob check (pipeline/config.py) has the same blow-up.
-    cfg = Config(inputs=[InputSource(path=str(tmp_path) + "/**/*.jsonl", category="web")], output=str(tmp_path / "o"))
+    cfg = Config(inputs=[InputSource(path=str(tmp_path) + "/**/*.jsonl", category="web")], output=str(tmp_path / "_o"))
     assert [f.source for f in list_input_files(cfg)] == ["a/b/two.jsonl", "a/one.jsonl"]
