@@ -110,7 +110,8 @@ def _recursive_glob(pattern: str) -> list[str]:
     return matches
 
 
-def _list_local(path: str) -> tuple[list[str], str]:
+def _list_local(path: str) -> tuple[list[str], str, bool]:
+    """(files, the root their names are relative to, whether `path` is a directory)."""
     if path.startswith("file://"):
         path = path[len("file://"):]
     if has_glob(path) and not os.path.lexists(path):
@@ -119,25 +120,27 @@ def _list_local(path: str) -> tuple[list[str], str]:
         # reader quarantines it. A directory named like a record file is kept for the same reason;
         # other directories are just structure.
         files = [p for p in names if not os.path.isdir(p) or infer_format(p) is not None]
-        return sorted(set(files)), _root_of(path)
+        return sorted(set(files)), _root_of(path), False
     if os.path.isdir(path):
         files = []
         for dirpath, dirnames, filenames in os.walk(path, followlinks=False, onerror=_walk_error):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(_NOT_DATA))
             files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(_NOT_DATA))
-        return files, os.path.dirname(os.path.abspath(path).rstrip("/"))
-    return [path], os.path.dirname(os.path.abspath(path))
+        return files, os.path.dirname(os.path.abspath(path).rstrip("/")), True
+    return [path], os.path.dirname(os.path.abspath(path)), False
 
 
-def _list_remote(url: str) -> tuple[list[str], str]:
+def _list_remote(url: str) -> tuple[list[str], str, bool]:
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(url)
     protocol = url.split("://", 1)[0]
+    directory = False
     if has_glob(path) and not fs.exists(path):
         names = fs.glob(path)
         root = _root_of(path)
     elif fs.isdir(path):
+        directory = True
         below = path.rstrip("/") + "/"
         names = [n for n in fs.find(path) if not any(part.startswith(_NOT_DATA)
                                                       for part in n.removeprefix(below).split("/"))]
@@ -146,7 +149,7 @@ def _list_remote(url: str) -> tuple[list[str], str]:
         names = [path]
         root = os.path.dirname(path)
     files = sorted(n for n in names if not os.path.basename(n).startswith(_NOT_DATA))
-    return [f"{protocol}://{n}" for n in files], f"{protocol}://{root}"
+    return [f"{protocol}://{n}" for n in files], f"{protocol}://{root}", directory
 
 
 def list_input_files(cfg: Config) -> list[InputFile]:
@@ -155,10 +158,9 @@ def list_input_files(cfg: Config) -> list[InputFile]:
     listed: list[tuple[int, str, str, str]] = []  # (spec_index, url, root, format)
     for spec_index, spec in enumerate(cfg.inputs):
         _refuse_reading_the_output(spec_index, spec.path, cfg.output)
-        files, root = (_list_remote if is_uri(spec.path) else _list_local)(spec.path)
-        # Files no format fits are a README or stats file next to the data, not record files.
+        files, root, directory = (_list_remote if is_uri(spec.path) else _list_local)(spec.path)
         matched = [(spec_index, f, root, fmt) for f in _once(files, spec_index)
-                   if (fmt := spec.format or infer_format(f))]
+                   if (fmt := _format_of(f, spec.format, directory))]
         if not matched:
             raise ConfigError(f"inputs[{spec_index}].path: no readable jsonl/jsonl.gz/jsonl.zst/parquet "
                               f"files found under {spec.path}")
@@ -188,6 +190,28 @@ def _relative(url: str, root: str) -> str:
     """`url`'s path below `root`; its file name where it is not below."""
     prefix = root.rstrip("/") + "/"
     return (url[len(prefix):] if url.startswith(prefix) else "") or os.path.basename(url)
+
+
+# What a dataset directory holds beside its records: cards, configs, checksums. Never records.
+_NOT_RECORDS = (".md", ".rst", ".yaml", ".yml", ".crc", ".lock", ".sha256", ".md5")
+
+
+def _family(fmt):
+    return fmt and fmt.split(".")[0]  # jsonl, jsonl.gz and jsonl.zst are one family
+
+
+def _format_of(name: str, fmt, from_directory: bool):
+    """The format `name` is read as, or None where it is not a record file: with no `format` set,
+    a name no format fits (a README, a stats file); with one set, in a directory source, a file
+    named for another format or a card, config or checksum (`format: parquet` on a Hugging Face
+    dataset folder must not read its README.md and dataset_info.json as Parquet). A file or glob the
+    config names is read as the set format, whatever its name."""
+    inferred = infer_format(name)
+    if fmt is None:
+        return inferred
+    if from_directory and (_family(inferred) not in (None, _family(fmt)) or name.lower().endswith(_NOT_RECORDS)):
+        return None
+    return fmt
 
 
 def _refuse_reading_the_output(spec_index: int, path: str, output: str) -> None:

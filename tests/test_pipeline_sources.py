@@ -89,3 +89,17 @@ def test_the_job_never_reads_its_own_output(tmp_path, source, output, refused):
             list_input_files(cfg)
     else:
         assert list_input_files(cfg)
+
+
+def test_a_set_format_reads_the_records_of_a_directory_not_its_card(tmp_path):
+    # A Hugging Face dataset folder: format: parquet must not read README.md or dataset_info.json as Parquet.
+    _files(tmp_path, "hf/README.md", "hf/dataset_info.json", "hf/train.parquet", "hf/part-00000", "hf/x.yaml")
+
+    def listed(path, fmt):
+        cfg = Config(inputs=[InputSource(path=str(tmp_path / path), category="web", format=fmt)],
+                     output=str(tmp_path / "_out"))
+        return [(f.source, f.format) for f in list_input_files(cfg)]
+
+    assert listed("hf", "parquet") == [("hf/part-00000", "parquet"), ("hf/train.parquet", "parquet")]
+    assert listed("hf/*.json", "parquet") == [("dataset_info.json", "parquet")]  # named by the config: read
+    assert listed("hf", None) == [("hf/dataset_info.json", "jsonl"), ("hf/train.parquet", "parquet")]
