@@ -99,6 +99,11 @@ class RecordValidator:
         text = record.get(spec.text_field)
         if text is None:
             return bad("missing_text", category)
+        if isinstance(text, bytes):  # a Parquet binary column: text where it is UTF-8
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return bad(f"invalid_utf8: {spec.text_field}: byte {exc.start}", category)
         if not isinstance(text, str):
             return bad("text_not_string", category)
         if len(text.encode("utf-8", "surrogatepass")) > self.cfg.max_record_bytes:

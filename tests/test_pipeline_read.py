@@ -213,3 +213,13 @@ def test_parquet_invalid_utf8_costs_only_its_row(tmp_path):
     assert table.column("id").to_pylist()[2048:2050] == ["2048", "2049"]
     assert _bad_rows(table) == [(3000, "invalid_utf8: text: byte 3")]
     assert json.loads(table.column("raw")[3000].as_py()) == {"id": "3000", "text": "caf\ufffd au lait"}
+
+
+def test_parquet_binary_text_is_read_where_it_is_utf8(tmp_path):
+    # Some exports store text as binary; the bytes are the text when they decode.
+    path = tmp_path / "binary.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "text": pa.array(["naïve café".encode(), b"caf\xe9"], pa.binary())}),
+                   path)
+    table = _read(path, "parquet")
+    assert table.column("text").to_pylist()[0] == "naïve café"
+    assert _bad_rows(table) == [(1, "invalid_utf8: text: byte 3")]
