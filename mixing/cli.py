@@ -115,7 +115,7 @@ def cmd_stats(args) -> int:
     shard_dir = find_shard_dir(args.dir)
     if shard_dir is not None:
         stats = shard_stats(shard_dir, verify=not args.no_verify)
-    elif any(Path(args.dir).glob(SHARD_GLOB)):
+    elif any(Path(args.dir).glob(SHARD_GLOB)) or any(Path(args.dir).glob(f"shards/{SHARD_GLOB}")):
         raise ShardError(f"{args.dir}: shards but no manifest.json (an unfinished `xdp mix`?)")
     elif Path(args.dir).is_dir():
         from mixing.job import cleaned_counts

@@ -61,12 +61,16 @@ def _check_cleaned(cleaned_dir: str) -> None:
         raise ConfigError(f"cleaned directory {cleaned_dir}: no column {missing[0]!r} (have {', '.join(names)})")
 
 
-def tokenized(cleaned_dir: str, tokenizer_dir: str, seed: int):
+def check_inputs(cleaned_dir: str, tokenizer_dir: str) -> TokenizerInfo:
+    """The cleaned directory and the tokenizer, checked in the driver before Ray starts."""
+    _check_cleaned(cleaned_dir)
+    return TokenizerInfo.load(tokenizer_dir)
+
+
+def tokenized(cleaned_dir: str, tokenizer_dir: str, info: TokenizerInfo, seed: int):
     """Ray Dataset of tokenized cleaned documents (`mixing.tokenize.TOKENIZED_SCHEMA`)."""
     import ray
 
-    _check_cleaned(cleaned_dir)
-    info = TokenizerInfo.load(tokenizer_dir)  # fail fast, before any worker starts
     return ray.data.read_parquet(cleaned_dir).map_batches(
         tokenize_batch, fn_kwargs={"tokenizer_dir": tokenizer_dir, "sha256": info.sha256, "seed": seed},
         batch_format="pyarrow", batch_size=_TOKENIZE_BATCH)
@@ -74,8 +78,9 @@ def tokenized(cleaned_dir: str, tokenizer_dir: str, seed: int):
 
 def document_counts(cleaned_dir: str, tokenizer_dir: str, seed: int, ray_cfg: Optional[RayConfig] = None) -> pa.Table:
     """Per-document (category, key, n_tokens, h) without keeping the tokens (for plan and stats)."""
+    info = check_inputs(cleaned_dir, tokenizer_dir)
     with ray_session(ray_cfg, reads=[cleaned_dir, tokenizer_dir]):
-        ds = tokenized(cleaned_dir, tokenizer_dir, seed).select_columns(_META_COLUMNS)
+        ds = tokenized(cleaned_dir, tokenizer_dir, info, seed).select_columns(_META_COLUMNS)
         return pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None))
 
 
@@ -91,8 +96,12 @@ def cleaned_counts(cleaned_dir: str, tokenizer_dir: Optional[str] = None,
     _check_cleaned(cleaned_dir)
     parts = []
     dataset = pds.dataset(cleaned_dir, format="parquet", partitioning="hive")
-    for batch in dataset.to_batches(columns=["category", "lang", "code_lang", "text"]):
-        cats, keys = bucket_keys(*(batch.column(c).cast(pa.string()) for c in ("category", "lang", "code_lang")))
+    wanted = ["category", "text"] + [c for c in ("lang", "code_lang") if c in dataset.schema.names]
+    for batch in dataset.to_batches(columns=wanted):
+        # a missing lang or code_lang column reads as null, as the mix's tokenize step takes it
+        columns = [batch.column(c).cast(pa.string()) if c in wanted else pa.nulls(batch.num_rows, pa.string())
+                   for c in ("category", "lang", "code_lang")]
+        cats, keys = bucket_keys(*columns)
         parts.append(pa.table({"category": cats, "key": keys,
                                "n": pc.utf8_length(batch.column("text")).cast(pa.int64())}))
     return pa.concat_tables(parts), "chars"
@@ -192,8 +201,9 @@ def plan_on_ray(meta, cfg: MixingConfig) -> tuple[MixPlan, dict[tuple[str, str],
 
 def plan_cleaned(cleaned_dir: str, tokenizer_dir: str, cfg: Config) -> tuple[MixPlan, dict]:
     """`xdp plan`: tokenize (nothing is written) and plan."""
+    info = check_inputs(cleaned_dir, tokenizer_dir)
     with ray_session(cfg.ray, reads=[cleaned_dir, tokenizer_dir]):
-        meta = tokenized(cleaned_dir, tokenizer_dir, cfg.mixing.seed).select_columns(_META_COLUMNS).materialize()
+        meta = tokenized(cleaned_dir, tokenizer_dir, info, cfg.mixing.seed).select_columns(_META_COLUMNS).materialize()
         return plan_on_ray(meta, cfg.mixing)
 
 
@@ -229,7 +239,7 @@ def mix_from_config(cfg: Config, cleaned_dir: str, tokenizer_dir: str, out_dir: 
     from pipeline.job_state import WorkDir, job_config
 
     mcfg = cfg.mixing
-    info = TokenizerInfo.load(tokenizer_dir)
+    info = check_inputs(cleaned_dir, tokenizer_dir)
     out = Path(out_dir)
     scratch = WorkDir(out / "_work" / "mix", fingerprint)
     cache = scratch.path("tokens")
@@ -240,7 +250,7 @@ def mix_from_config(cfg: Config, cleaned_dir: str, tokenizer_dir: str, out_dir: 
             log.info("reusing the token cache of an interrupted run of this job")
         else:
             log.info("tokenizing %s", cleaned_dir)
-            tokenized(cleaned_dir, tokenizer_dir, mcfg.seed).write_parquet(str(scratch.fresh("tokens")))
+            tokenized(cleaned_dir, tokenizer_dir, info, mcfg.seed).write_parquet(str(scratch.fresh("tokens")))
             scratch.complete("tokens")
         meta = ray.data.read_parquet(str(cache), columns=_META_COLUMNS).materialize()
         plan, selections = plan_on_ray(meta, mcfg)

@@ -13,7 +13,7 @@ from typing import Optional
 
 import yaml
 
-from pipeline.config import CATEGORIES, ConfigError
+from pipeline.config import CATEGORIES, CODE, ConfigError
 
 TABLES = ("categories", "languages", "code_languages")
 ALLOWED_KEYS = {"name", "sequence_length", "vocab_size", "model", *TABLES}
@@ -29,18 +29,33 @@ class RatioTables:
     vocab_size: Optional[int] = None
 
 
-def _normalize(table, where: str) -> dict[str, float]:
+def _normalize(table, where: str, required: bool = True) -> dict[str, float]:
+    """Shares scaled to sum to 1. A table nothing is drawn from (`required` False: code languages when
+    categories give code no share) may be absent, empty or all zero: {}."""
+    if not required and (table is None or table == {}):
+        return {}
     if not isinstance(table, dict) or not table:
         raise ConfigError(f"{where}: expected a non-empty mapping of name -> share")
     out = {}
     for key, value in table.items():
+        if not isinstance(key, str):  # YAML 1.1 reads an unquoted no, yes, on, off as a boolean
+            raise ConfigError(f"{where}: key {key!r} is not a name; quote it (\"{key}\" or, for Norwegian, \"no\")")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
             raise ConfigError(f"{where}.{key}: share must be a non-negative number, got {value!r}")
-        out[str(key)] = float(value)
+        out[key] = float(value)
     total = sum(out.values())
     if total <= 0:
+        if not required:
+            return {}
         raise ConfigError(f"{where}: shares sum to zero")
     return {k: v / total for k, v in out.items()}
+
+
+def _positive_int(data: dict, key: str, where: str) -> Optional[int]:
+    value = data.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{where}.{key}: expected a positive integer, got {value!r}")
+    return value
 
 
 def default_ratios_path() -> Path:
@@ -59,18 +74,23 @@ def load_ratios(path: Optional[str | Path] = None) -> RatioTables:
     unknown = sorted(set(data) - ALLOWED_KEYS)
     if unknown:
         raise ConfigError(f"ratios {path}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(ALLOWED_KEYS))})")
-    missing = [t for t in TABLES if t not in data]
-    if missing:
-        raise ConfigError(f"ratios {path}: missing table {missing[0]!r}")
+    if "categories" not in data:
+        raise ConfigError(f"ratios {path}: missing table 'categories'")
     categories = _normalize(data["categories"], f"ratios {path}: categories")
     bad = sorted(set(categories) - set(CATEGORIES))
     if bad:
         raise ConfigError(f"ratios {path}: categories.{bad[0]}: unknown category (one of {', '.join(CATEGORIES)})")
+    # Languages split the text categories' share, code languages the code share: a text-only (or
+    # code-only) mix needs no table for what it does not draw.
+    needed = {"languages": any(v > 0 for k, v in categories.items() if k != CODE),
+              "code_languages": categories.get(CODE, 0.0) > 0}
+    missing = [t for t in ("languages", "code_languages") if needed[t] and t not in data]
+    if missing:
+        raise ConfigError(f"ratios {path}: missing table {missing[0]!r}")
     return RatioTables(
         name=str(data.get("name", path.stem)),
         categories=categories,
-        languages=_normalize(data["languages"], f"ratios {path}: languages"),
-        code_languages=_normalize(data["code_languages"], f"ratios {path}: code_languages"),
-        sequence_length=data.get("sequence_length"),
-        vocab_size=data.get("vocab_size"),
+        **{t: _normalize(data.get(t), f"ratios {path}: {t}", needed[t]) for t in ("languages", "code_languages")},
+        sequence_length=_positive_int(data, "sequence_length", f"ratios {path}"),
+        vocab_size=_positive_int(data, "vocab_size", f"ratios {path}"),
     )

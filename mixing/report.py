@@ -23,7 +23,8 @@ def _share_plot(table: dict, title: str, unit: str) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = sorted(table, key=lambda n: -table[n]["target"])  # the same order from memory or from JSON
+    # by target, ties by name: the same order from memory or from JSON (whose keys are sorted)
+    names = sorted(table, key=lambda n: (-table[n]["target"], n))
     xs = list(range(len(names)))
     has_plan = any("planned" in v for v in table.values())
     reference = "planned" if has_plan else "target"

@@ -19,6 +19,7 @@ from typing import Any, Optional
 import yaml
 
 CATEGORIES = ("web", "code", "encyclopedia", "books", "papers", "qa", "other")
+CODE = "code"  # the category whose documents have programming languages, not natural ones
 FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet")
 
 

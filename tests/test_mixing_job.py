@@ -248,3 +248,31 @@ def test_entries_the_selection_misses_are_reported():
     assert "planned 0.300 %, selected 0.000 %" in issues[0]["detail"]
     tables["languages"]["en"]["realized"] = 0.985  # 1 pp off: reported too
     assert [i["name"] for i in selection_issues(tables)] == ["en", "ar"]
+
+
+def test_cleaned_without_language_columns_counts_like_the_mix_reads_it(tmp_path):
+    from mixing.job import cleaned_counts
+
+    (tmp_path / "cleaned").mkdir()
+    pq.write_table(pa.table({"id": ["a"], "text": ["héllo"], "category": ["web"]}), tmp_path / "cleaned" / "p.parquet")
+    counts, unit = cleaned_counts(str(tmp_path / "cleaned"))
+    assert unit == "chars" and counts.column("n").to_pylist() == [5] and counts.column("category").to_pylist() == ["web"]
+
+
+def test_plan_and_mix_check_their_inputs_before_ray_starts(workdir, tmp_path, monkeypatch):
+    import mixing.job
+    from pipeline.config import ConfigError, config_from_dict
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started before the inputs were checked")
+
+    monkeypatch.setattr(mixing.job, "ray_session", no_ray)
+    cfg = config_from_dict({"inputs": [{"path": str(workdir / "cleaned"), "category": "web"}],
+                            "output": str(tmp_path / "out")})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no Parquet files"):
+        mixing.job.plan_cleaned(str(tmp_path / "empty"), str(workdir / "tokenizer"), cfg)
+    with pytest.raises(ConfigError, match="tokenizer"):
+        mixing.job.mix_from_config(cfg, str(workdir / "cleaned"), str(tmp_path / "empty"), str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match="no Parquet files"):
+        mixing.job.cleaned_counts(str(tmp_path / "empty"), str(workdir / "tokenizer"))

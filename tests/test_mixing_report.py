@@ -41,3 +41,10 @@ def test_share_plot_draws_log_shares_marks_empty_entries_and_is_deterministic(wi
     else:
         assert "planned" not in drawn["legend"] and drawn["ylabel"] == "realized -\ntarget (pp)"
         assert drawn["deviation"] == [5.0, round(100 * (0.05 - 0.0997), 6), round(-0.03, 6)]
+
+
+def test_equal_targets_plot_in_one_order_whatever_the_key_order():
+    # In memory the stats keep the table's order; read back from JSON, keys are sorted.
+    table = {"Go": {"target": 0.1, "realized": 0.1, "tokens": 1}, "C": {"target": 0.1, "realized": 0.2, "tokens": 2},
+             "Rust": {"target": 0.8, "realized": 0.7, "tokens": 7}}
+    assert _share_plot(table, "Code", "tokens") == _share_plot(dict(sorted(table.items())), "Code", "tokens")

@@ -212,3 +212,18 @@ def test_xdp_stats_on_a_broken_or_missing_manifest_is_one_line(shard_dir, tmp_pa
     assert main(["stats", str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_xdp_stats_on_a_mix_output_whose_manifest_is_missing(shard_dir, tmp_path, capsys):
+    # `xdp stats OUT` on a killed mix: OUT/shards holds shards without a manifest. It used to be taken
+    # for a cleaned directory and fail on the report's PNG files.
+    import shutil
+
+    from pipeline.cli import main
+
+    shutil.copytree(shard_dir[0], tmp_path / "out" / "shards")
+    (tmp_path / "out" / "shards" / "manifest.json").unlink()
+    (tmp_path / "out" / "report").mkdir()
+    (tmp_path / "out" / "report" / "categories.png").write_bytes(b"\x89PNG")
+    assert main(["stats", str(tmp_path / "out")]) == 2
+    assert "shards but no manifest.json" in capsys.readouterr().err
