@@ -2,7 +2,7 @@
 
 1. Ray Data reads the cleaned Parquet and tokenizes it (`tokenize_batch`, EOS after every document) into a
    temporary token cache next to the output, so tokenization happens once.
-2. Ray reduces the small per-document columns of the cache (bucket, tokens, hash) to per-bucket sums
+2. Ray reduces the small per-document columns of the cache (bucket, tokens, hash, tie) to per-bucket sums
    and epoch-hash histograms; the driver plans the mix (`plan_mix`) and each bucket's selection from
    those and the few documents where the cut falls (`plan_on_ray`): exact counts, exact shares, and
    driver memory that does not grow with the corpus.
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 _TOKENIZE_BATCH = 256  # documents per encode_batch call
 _EXPAND_BATCH = 1024  # documents per selection-expansion call (each becomes up to max_epochs copies)
-_META_COLUMNS = ["category", "key", "n_tokens", "h"]
+_META_COLUMNS = ["category", "key", "n_tokens", "h", "tie"]
 
 
 def _check_cleaned(cleaned_dir: str) -> None:
@@ -77,7 +77,7 @@ def tokenized(cleaned_dir: str, tokenizer_dir: str, info: TokenizerInfo, seed: i
 
 
 def document_counts(cleaned_dir: str, tokenizer_dir: str, seed: int, ray_cfg: Optional[RayConfig] = None) -> pa.Table:
-    """Per-document (category, key, n_tokens, h) without keeping the tokens (for plan and stats)."""
+    """Per-document (category, key, n_tokens, h, tie) without keeping the tokens (for plan and stats)."""
     info = check_inputs(cleaned_dir, tokenizer_dir)
     with ray_session(ray_cfg, reads=[cleaned_dir, tokenizer_dir]):
         ds = tokenized(cleaned_dir, tokenizer_dir, info, seed).select_columns(_META_COLUMNS)
@@ -110,7 +110,7 @@ def cleaned_counts(cleaned_dir: str, tokenizer_dir: Optional[str] = None,
 _HIST_SCHEMA = pa.schema([("category", pa.string()), ("key", pa.string()), ("bin", pa.int64()),
                           ("docs", pa.int64()), ("tokens", pa.int64())])
 _WINDOW_SCHEMA = pa.schema([("category", pa.string()), ("key", pa.string()), ("eh", pa.uint64()),
-                            ("n_tokens", pa.int64())])
+                            ("tie", pa.uint64()), ("n_tokens", pa.int64())])
 
 
 def _rows_by_bucket(batch: pa.Table, names: list[tuple[str, str]]) -> Iterator[tuple[int, np.ndarray]]:
@@ -122,12 +122,12 @@ def _rows_by_bucket(batch: pa.Table, names: list[tuple[str, str]]) -> Iterator[t
         yield i, np.flatnonzero(which == i)
 
 
-def _by_bucket(batch: pa.Table, fulls: dict) -> Iterator[tuple[tuple[str, str], np.ndarray, np.ndarray]]:
-    """(bucket, epoch hashes, token counts) for each bucket of `fulls` present in the batch."""
+def _by_bucket(batch: pa.Table, fulls: dict) -> Iterator[tuple[tuple[str, str], np.ndarray, np.ndarray, np.ndarray]]:
+    """(bucket, epoch hashes, token counts, ties) for each bucket of `fulls` present in the batch."""
     names = list(fulls)
-    h, n = batch.column("h").to_numpy(), batch.column("n_tokens").to_numpy()
+    h, n, tie = (batch.column(c).to_numpy() for c in ("h", "n_tokens", "tie"))
     for i, rows in _rows_by_bucket(batch, names):
-        yield names[i], epoch_hash(h[rows], fulls[names[i]]), n[rows]
+        yield names[i], epoch_hash(h[rows], fulls[names[i]]), n[rows], tie[rows]
 
 
 def _bucket_rows(schema: pa.Schema, name: tuple[str, str], *columns: np.ndarray) -> pa.Table:
@@ -139,7 +139,7 @@ def _bucket_rows(schema: pa.Schema, name: tuple[str, str], *columns: np.ndarray)
 def _histogram_batch(batch: pa.Table, fulls: dict) -> pa.Table:
     """Per bucket of the batch: documents and tokens per epoch-hash bin (only bins that hold any)."""
     parts = []
-    for name, eh, n in _by_bucket(batch, fulls):
+    for name, eh, n, _ in _by_bucket(batch, fulls):
         docs, tokens = histogram(eh, n)
         bins = np.flatnonzero(docs)
         parts.append(_bucket_rows(_HIST_SCHEMA, name, bins, docs[bins], tokens[bins]))
@@ -147,16 +147,16 @@ def _histogram_batch(batch: pa.Table, fulls: dict) -> pa.Table:
 
 
 def _window_batch(batch: pa.Table, fulls: dict, windows: dict) -> pa.Table:
-    """The documents inside their bucket's window: (epoch hash, tokens), nothing else."""
+    """The documents inside their bucket's window: (epoch hash, tie, tokens), nothing else."""
     parts = []
-    for name, eh, n in _by_bucket(batch, fulls):
+    for name, eh, n, tie in _by_bucket(batch, fulls):
         inside = windows[name].contains(eh)
-        parts.append(_bucket_rows(_WINDOW_SCHEMA, name, eh[inside], n[inside]))
+        parts.append(_bucket_rows(_WINDOW_SCHEMA, name, eh[inside], tie[inside], n[inside]))
     return pa.concat_tables(parts) if parts else _WINDOW_SCHEMA.empty_table()
 
 
 def plan_on_ray(meta, cfg: MixingConfig) -> tuple[MixPlan, dict[tuple[str, str], BucketSelection]]:
-    """Plan the mix and choose each bucket's documents from a Ray Dataset of (category, key, n_tokens, h).
+    """Plan the mix and choose each bucket's documents from a Ray Dataset of `_META_COLUMNS`.
 
     Three passes over those small columns, each reduced on the workers: token and document sums per
     bucket, then an epoch-hash histogram of each bucket with a fractional epoch, then the documents
@@ -184,18 +184,19 @@ def plan_on_ray(meta, cfg: MixingConfig) -> tuple[MixPlan, dict[tuple[str, str],
             hist[(cat, key)][1][b] += tokens
     windows = {name: fraction_window(remainders[name], *hist[name]) for name in fulls}
     names = list(fulls)
-    found: dict = {name: ([], []) for name in names}
+    columns = ("eh", "tie", "n_tokens")
+    found: dict = {name: tuple([] for _ in columns) for name in names}
     for part in meta.map_batches(_window_batch, fn_kwargs={"fulls": fulls, "windows": windows},
                                  batch_format="pyarrow").iter_batches(batch_format="pyarrow", batch_size=None):
-        eh, n = part.column("eh").to_numpy(), part.column("n_tokens").to_numpy()
+        values = [part.column(c).to_numpy() for c in columns]
         for i, rows in _rows_by_bucket(part, names):
-            found[names[i]][0].append(eh[rows])
-            found[names[i]][1].append(n[rows])
+            for kept, v in zip(found[names[i]], values):
+                kept.append(v[rows])
     for name in fulls:
-        eh = np.concatenate(found[name][0]) if found[name][0] else np.zeros(0, np.uint64)
-        n = np.concatenate(found[name][1]) if found[name][1] else np.zeros(0, np.int64)
+        eh, tie, n = (np.concatenate(kept) if kept else np.zeros(0, dtype)
+                      for kept, dtype in zip(found[name], (np.uint64, np.uint64, np.int64)))
         selections[name] = selection_from_window(fulls[name], available[name], sums[name][0], remainders[name],
-                                                 windows[name], eh, n)
+                                                 windows[name], eh, tie, n)
     return plan, selections
 
 

@@ -1,11 +1,14 @@
 """Deterministic document selection: which documents, how many times, in what order.
 
-Every decision is a function of (seed, document id), never of arrival order or worker count:
+Every decision is a function of (seed, document id, tie), never of arrival order or worker count:
 
 * `doc_hash(seed, id)` is xxh64 of the id seeded with the seed; epoch e of a document draws
   `epoch_hash(h, e)` and its place in the output `order_key(h, e)` (splitmix64 of h and e).
+* Ids may repeat (across sources, even within a bucket), so documents are told apart by
+  (epoch hash, tie): `tie` is unique per cleaned row (`mixing.tokenize`), and what a bucket takes and
+  counts is a set of such keys, matched within that bucket only.
 * A bucket planned at rate r (tokens / available tokens, at most max_epochs) takes every document
-  floor(r) times; for the fractional epoch it takes, in epoch-hash order, the prefix of documents that
+  floor(r) times; for the fractional epoch it takes, in (epoch hash, tie) order, the prefix of documents that
   fits the remaining tokens, then each further document that still fits (skipping those too long for
   what is left), and finally one overshooting document if that lands closer to the plan. Compared with a coin flip per document, this lands
   within about one short document of the plan even for small buckets of long documents.
@@ -20,7 +23,8 @@ import pyarrow as pa
 import xxhash
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_NO_CUTOFF = -1  # fractional epoch takes nothing
+_NO_CUTOFF = (-1, -1)  # fractional epoch takes nothing
+_LAST_TIE = 2**64 - 1  # a cutoff at the end of a bin takes every tie
 _SCAN = 10_000  # documents looked at beyond the prefix to fill the rest of a bucket
 
 
@@ -58,8 +62,8 @@ def order_key(h: np.ndarray, epoch) -> np.ndarray:
 @dataclass(frozen=True)
 class BucketSelection:
     full_epochs: int
-    cutoff: int  # fractional epoch takes documents with epoch_hash <= cutoff; _NO_CUTOFF for none ...
-    extra: tuple[int, ...]  # ... plus these epoch hashes (documents beyond the cutoff that still fit)
+    cutoff: tuple[int, int]  # fractional epoch takes (epoch hash, tie) <= cutoff; _NO_CUTOFF for none ...
+    extra: tuple[tuple[int, int], ...]  # ... plus these (epoch hash, tie): beyond the cutoff, still fit
     tokens: int  # realized tokens (EOS included)
     documents: int  # documents taken, counting repeats
 
@@ -107,17 +111,32 @@ def fraction_window(remainder: float, docs: np.ndarray, tokens: np.ndarray) -> F
     return FractionWindow(first, last, base_docs, base_tokens)
 
 
+def _units(eh: np.ndarray, tie: np.ndarray, n_tokens: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(eh, tie, tokens, documents) in (epoch hash, tie) order, equal keys merged into one unit.
+
+    `copies` cannot tell rows with equal keys apart (same id and tie: hand-made input without
+    source/position and with the same text), so they are taken, and counted, together.
+    """
+    order = np.lexsort((tie, eh))
+    eh, tie, n_tokens = eh[order], tie[order], n_tokens[order]
+    new = np.ones(eh.size, dtype=bool)
+    new[1:] = (eh[1:] != eh[:-1]) | (tie[1:] != tie[:-1])
+    start = np.flatnonzero(new)
+    return eh[start], tie[start], np.add.reduceat(n_tokens, start), np.diff(np.append(start, eh.size))
+
+
 def selection_from_window(full: int, available: int, documents: int, remainder: float, window: FractionWindow,
-                          eh: np.ndarray, n_tokens: np.ndarray) -> BucketSelection:
-    """Finish a bucket's selection from the documents of its window: (epoch hash, tokens) of each."""
-    order = np.lexsort((n_tokens, eh))  # epoch-hash order; ties (never seen) by length, not arrival
-    eh, sizes = eh[order], n_tokens[order]
+                          eh: np.ndarray, tie: np.ndarray, n_tokens: np.ndarray) -> BucketSelection:
+    """Finish a bucket's selection from the documents of its window: (epoch hash, tie, tokens) of each."""
+    eh, tie, sizes, counts = _units(eh, tie, n_tokens)
     cum = window.base_tokens + np.cumsum(sizes)
     k = int(np.searchsorted(cum, remainder, side="right"))  # the prefix that fits: cum[k-1] <= remainder
     if k:
-        cutoff, part_tokens, part_docs = int(eh[k - 1]), int(cum[k - 1]), window.base_docs + k
+        cutoff, part_tokens, part_docs = (int(eh[k - 1]), int(tie[k - 1])), int(cum[k - 1]), \
+            window.base_docs + int(counts[:k].sum())
     elif window.base_docs:  # the whole bins before the window fit, nothing inside it does
-        cutoff, part_tokens, part_docs = (window.first << int(_SHIFT)) - 1, window.base_tokens, window.base_docs
+        cutoff, part_tokens, part_docs = ((window.first << int(_SHIFT)) - 1, _LAST_TIE), window.base_tokens, \
+            window.base_docs
     else:
         cutoff, part_tokens, part_docs = _NO_CUTOFF, 0, 0
     extra, left, skipped = [], remainder - part_tokens, []
@@ -125,7 +144,7 @@ def selection_from_window(full: int, available: int, documents: int, remainder: 
         if left < 0.5:
             break
         if size <= left:
-            extra.append(int(eh[i]))
+            extra.append(i)
             left -= size
             part_tokens += size
         else:
@@ -133,10 +152,10 @@ def selection_from_window(full: int, available: int, documents: int, remainder: 
     # one overshooting document is still worth taking if it lands closer to the plan
     overshoot = next(((i, size) for i, size in skipped if size < 2 * left), None) if left >= 0.5 else None
     if overshoot is not None:
-        extra.append(int(eh[overshoot[0]]))
+        extra.append(overshoot[0])
         part_tokens += overshoot[1]
-    return BucketSelection(full, cutoff, tuple(extra), full * available + part_tokens,
-                           full * documents + part_docs + len(extra))
+    return BucketSelection(full, cutoff, tuple((int(eh[i]), int(tie[i])) for i in extra),
+                           full * available + part_tokens, full * documents + part_docs + int(counts[extra].sum()))
 
 
 def split_rate(planned_tokens: float, available: int) -> tuple[int, float]:
@@ -151,7 +170,7 @@ def whole_epochs(full: int, available: int, documents: int) -> BucketSelection:
     return BucketSelection(full, _NO_CUTOFF, (), full * available, full * documents)
 
 
-def plan_selection(planned_tokens: float, h: np.ndarray, n_tokens: np.ndarray) -> BucketSelection:
+def plan_selection(planned_tokens: float, h: np.ndarray, tie: np.ndarray, n_tokens: np.ndarray) -> BucketSelection:
     """Choose full epochs and the fractional epoch's documents for one bucket held in memory.
 
     The same steps as the distributed planner (`mixing.job`), which builds the histogram and
@@ -164,20 +183,32 @@ def plan_selection(planned_tokens: float, h: np.ndarray, n_tokens: np.ndarray) -
     eh = epoch_hash(h, full)
     window = fraction_window(remainder, *histogram(eh, n_tokens))
     inside = window.contains(eh)
-    return selection_from_window(full, available, h.size, remainder, window, eh[inside], n_tokens[inside])
+    return selection_from_window(full, available, h.size, remainder, window, eh[inside], tie[inside], n_tokens[inside])
 
 
-def copies(h: np.ndarray, selection: list[BucketSelection], bucket: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _in_extra(eh: np.ndarray, tie: np.ndarray, selection: list[BucketSelection], bucket: np.ndarray) -> np.ndarray:
+    """Whether each document is one of its own bucket's extra picks (a key another bucket picked is not)."""
+    taken = np.zeros(eh.size, dtype=bool)
+    for i, s in enumerate(selection):
+        if s.extra:
+            rows, picks = np.flatnonzero(bucket == i), set(s.extra)
+            taken[rows] = [key in picks for key in zip(eh[rows].tolist(), tie[rows].tolist())]
+    return taken
+
+
+def copies(h: np.ndarray, tie: np.ndarray, selection: list[BucketSelection],
+           bucket: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Expand documents into their selected copies: (row index, epoch) for every copy taken.
 
     `bucket[i]` indexes `selection` (-1: excluded document).
     """
     full = np.array([s.full_epochs for s in selection] + [0], dtype=np.int64)[bucket]
     has_cut = np.array([s.cutoff != _NO_CUTOFF for s in selection] + [False])[bucket]
-    cut = np.array([max(s.cutoff, 0) for s in selection] + [0], dtype=np.uint64)[bucket]
-    extra = np.array([e for s in selection for e in s.extra], dtype=np.uint64)
+    cut_eh, cut_tie = (np.array([max(s.cutoff[j], 0) for s in selection] + [0], dtype=np.uint64)[bucket]
+                       for j in (0, 1))
     eh = epoch_hash(h, full)
-    partial = (bucket >= 0) & ((has_cut & (eh <= cut)) | np.isin(eh, extra))
+    under = (eh < cut_eh) | ((eh == cut_eh) & (tie <= cut_tie))
+    partial = (bucket >= 0) & ((has_cut & under) | _in_extra(eh, tie, selection, bucket))
     full_rows = np.repeat(np.arange(h.size), full)
     full_epochs = np.arange(full_rows.size) - np.repeat(np.cumsum(full) - full, full)
     return (np.concatenate([full_rows, np.flatnonzero(partial)]),
@@ -191,7 +222,7 @@ def expand_batch(batch: pa.Table, selections: dict[tuple[str, str], BucketSelect
     cats, keys = batch.column("category").to_pylist(), batch.column("key").to_pylist()
     bucket = np.array([index.get((c, k), -1) for c, k in zip(cats, keys)], dtype=np.int64)
     h = batch.column("h").to_numpy()
-    rows, epochs = copies(h, [selections[n] for n in names], bucket)
+    rows, epochs = copies(h, batch.column("tie").to_numpy(), [selections[n] for n in names], bucket)
     key = order_key(h[rows], epochs).view(np.int64)
     take = pa.array(rows)
     return pa.table({"key": key, "content": batch.column("content").take(take),

@@ -26,7 +26,8 @@ _NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # how a null partition value com
 
 TOKENIZED_SCHEMA = pa.schema([
     ("id", pa.string()), ("category", pa.string()), ("key", pa.string()),
-    ("n_tokens", pa.int64()), ("h", pa.uint64()), ("content", pa.int64()), ("tokens", pa.list_(pa.uint32())),
+    ("n_tokens", pa.int64()), ("h", pa.uint64()), ("tie", pa.uint64()), ("content", pa.int64()),
+    ("tokens", pa.list_(pa.uint32())),
 ])
 
 
@@ -78,8 +79,10 @@ def bucket_keys(category: pa.Array, lang: pa.Array, code_lang: pa.Array) -> tupl
 class Tokenize:
     """Arrow batch of cleaned documents -> `TOKENIZED_SCHEMA` (tokens end with EOS).
 
-    `h` is the selection hash of (seed, id); `content` (a hash of the text) only breaks ties in the
-    output order between documents that share an id, so even such input gives the same bytes.
+    `h` is the selection hash of (seed, id); `tie` (a hash of the cleaned row's source, position and
+    text, unique per row) tells apart documents that share an id, so the selection can take one
+    without the other; `content` (a hash of the text) only breaks ties in the output order between
+    documents that share an id, so even such input gives the same bytes.
     """
 
     def __init__(self, tokenizer_dir: str, seed: int):
@@ -94,7 +97,8 @@ class Tokenize:
             if name not in batch.column_names:
                 raise ValueError(f"cleaned documents lack column {name!r} (have {batch.column_names})")
         col = {n: batch.column(n).cast(pa.string()).combine_chunks() if n in batch.column_names
-               else pa.nulls(batch.num_rows, pa.string()) for n in ("id", "category", "lang", "code_lang")}
+               else pa.nulls(batch.num_rows, pa.string())
+               for n in ("id", "category", "lang", "code_lang", "source", "position")}
         if col["id"].null_count:
             raise ValueError("cleaned documents with a null id; every document needs an id")
         texts = batch.column("text").to_pylist()
@@ -103,11 +107,13 @@ class Tokenize:
         np.cumsum(lengths, out=offsets[1:])
         cats, keys = bucket_keys(col["category"], col["lang"], col["code_lang"])
         ids = col["id"].to_pylist()
+        content = np.fromiter((xxhash.xxh64_intdigest(t.encode("utf-8")) for t in texts), dtype=np.uint64,
+                              count=len(texts))
         return pa.Table.from_arrays([
             col["id"], pa.array(cats, pa.string()), pa.array(keys, pa.string()), pa.array(lengths),
             pa.array(doc_hash(ids, self.seed), pa.uint64()),
-            pa.array(np.fromiter((xxhash.xxh64_intdigest(t.encode("utf-8")) for t in texts), dtype=np.uint64,
-                                 count=len(texts)).view(np.int64)),
+            pa.array(_row_hash(col["source"].to_pylist(), col["position"].to_pylist(), content), pa.uint64()),
+            pa.array(content.view(np.int64)),
             pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat)),
         ], schema=TOKENIZED_SCHEMA)
 
@@ -133,6 +139,13 @@ class Tokenize:
                 pieces.append(np.fromiter(itertools.chain(ids, eos), dtype=np.uint32, count=lengths[i]))
             start = end
         return (np.concatenate(pieces) if pieces else np.zeros(0, np.uint32)), lengths
+
+
+def _row_hash(sources: list, positions: list, content: np.ndarray) -> np.ndarray:
+    """uint64 per cleaned row: (source, position) locate it uniquely; the text's hash tells apart rows of
+    hand-made input that lacks them."""
+    return np.fromiter((xxhash.xxh64_intdigest(f"{s}\0{p}".encode("utf-8"), int(c))
+                        for s, p, c in zip(sources, positions, content.tolist())), dtype=np.uint64, count=len(sources))
 
 
 _ENCODE_CHARS = 1 << 18  # characters of text per encode call (see Tokenize._token_ids)

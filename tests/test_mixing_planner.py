@@ -90,28 +90,51 @@ def test_selection_hits_planned_tokens_within_one_document_and_is_order_free():
     rng = np.random.default_rng(3)
     ids = [f"doc{i}" for i in range(2_000)]
     n = rng.integers(1, 500, size=len(ids))
-    h = doc_hash(ids, seed=11)
+    h, tie = doc_hash(ids, seed=11), np.arange(len(ids), dtype=np.uint64)
     for rate in (0.3, 1.0, 2.71):
-        sel = plan_selection(rate * n.sum(), h, n)
+        sel = plan_selection(rate * n.sum(), h, tie, n)
         assert sel.full_epochs == int(rate)
         assert abs(sel.tokens - rate * n.sum()) <= n.max()
-        rows, epochs = copies(h, [sel], np.zeros(len(ids), dtype=np.int64))
+        rows, epochs = copies(h, tie, [sel], np.zeros(len(ids), dtype=np.int64))
         assert n[rows].sum() == sel.tokens and rows.size == sel.documents
         assert len(set(zip(rows.tolist(), epochs.tolist()))) == rows.size  # no copy twice
         perm = rng.permutation(len(ids))  # another arrival order picks the same documents
-        rows2, epochs2 = copies(h[perm], [sel], np.zeros(len(ids), dtype=np.int64))
+        rows2, epochs2 = copies(h[perm], tie[perm], [sel], np.zeros(len(ids), dtype=np.int64))
         assert sorted(zip(perm[rows2].tolist(), epochs2.tolist())) == sorted(zip(rows.tolist(), epochs.tolist()))
     assert not np.array_equal(doc_hash(ids, 1), doc_hash(ids, 2))
 
 
 def test_selection_skips_documents_too_long_for_what_is_left():
     n = np.array([100_000] * 5 + list(range(10, 210)))
-    h = doc_hash([f"d{i}" for i in range(n.size)], seed=5)
-    sel = plan_selection(1_000, h, n)
+    h, tie = doc_hash([f"d{i}" for i in range(n.size)], seed=5), np.arange(n.size, dtype=np.uint64)
+    sel = plan_selection(1_000, h, tie, n)
     assert sel.full_epochs == 0 and abs(sel.tokens - 1_000) < 10
-    rows, _ = copies(h, [sel], np.zeros(n.size, dtype=np.int64))
+    rows, _ = copies(h, tie, [sel], np.zeros(n.size, dtype=np.int64))
     assert n[rows].sum() == sel.tokens and n[rows].max() < 1_000
-    assert plan_selection(0.001, h, n).documents == 0  # a bucket planned at ~0 takes nothing
+    assert plan_selection(0.001, h, tie, n).documents == 0  # a bucket planned at ~0 takes nothing
+
+
+@pytest.mark.parametrize("rate", [0.37, 0.61, 1.5, 2.43])
+def test_reused_ids_are_counted_as_expanded(rate):
+    """Ids reused within a bucket and across buckets: each bucket counts exactly the copies it expands.
+
+    Bucket 0 holds sources a and b, both numbered from 0; bucket 1 source c, numbered from 0 too: only
+    `tie` tells them apart. Hand-made input can repeat even (id, tie): 300 such keys twice in bucket 0
+    (taken together) and once more in bucket 1 (taken on its own).
+    """
+    rng = np.random.default_rng(1)
+    ids = [str(i) for i in range(1_000)] * 3 + [f"twin{i // 2}" for i in range(600)] + [f"twin{i}" for i in range(300)]
+    bucket = np.array([0] * 2_000 + [1] * 1_000 + [0] * 600 + [1] * 300)
+    tie = np.concatenate([np.arange(3_000), np.arange(600) // 2, np.arange(300)]).astype(np.uint64)
+    h, n = doc_hash(ids, seed=1234), rng.integers(50, 3_000, size=len(ids))
+    sels = [plan_selection(rate * n[bucket == b].sum(), h[bucket == b], tie[bucket == b], n[bucket == b])
+            for b in (0, 1)]
+    rows, epochs = copies(h, tie, sels, bucket)
+    assert len(set(zip(rows.tolist(), epochs.tolist()))) == rows.size
+    for b, sel in enumerate(sels):
+        mine = rows[bucket[rows] == b]
+        assert (mine.size, n[mine].sum()) == (sel.documents, sel.tokens), b
+        assert abs(sel.tokens - rate * n[bucket == b].sum()) <= n.max()
 
 
 def test_planning_on_ray_equals_planning_in_memory(ray_local):
@@ -133,7 +156,9 @@ def test_planning_on_ray_equals_planning_in_memory(ray_local):
         ids += [f"{cat}/{key}/{i}" for i in range(count)]
     n = np.concatenate(n)
     h = doc_hash(ids, seed=3)
-    meta = pa.table({"category": cats, "key": keys, "n_tokens": n, "h": pa.array(h, pa.uint64())})
+    tie = np.arange(n.size, dtype=np.uint64)
+    meta = pa.table({"category": cats, "key": keys, "n_tokens": n, "h": pa.array(h, pa.uint64()),
+                     "tie": pa.array(tie, pa.uint64())})
     order = rng.permutation(meta.num_rows)  # arrival order must not matter
     ds = ray.data.from_arrow(meta.take(order)).repartition(7)
     fractional = 0
@@ -141,7 +166,7 @@ def test_planning_on_ray_equals_planning_in_memory(ray_local):
         plan, selections = plan_on_ray(ds, MixingConfig(total_tokens=total))
         for b in plan.buckets:
             rows = np.flatnonzero((np.array(cats) == b.category) & (np.array(keys) == b.key))
-            expected = plan_selection(b.tokens, h[rows], n[rows])
+            expected = plan_selection(b.tokens, h[rows], tie[rows], n[rows])
             assert selections[(b.category, b.key)] == expected, b.name
-            fractional += expected.cutoff != -1 or bool(expected.extra)
+            fractional += expected.cutoff != (-1, -1) or bool(expected.extra)
     assert fractional >= 3  # the histogram path was exercised
