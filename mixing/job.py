@@ -29,7 +29,7 @@ from mixing.select import (BINS, BucketSelection, epoch_hash, expand_batch, frac
                            selection_from_window, split_rate, whole_epochs)
 from mixing.shards import ShardWriter
 from mixing.stats import load_stage_stats, mix_stats
-from mixing.tokenize import TokenizerInfo, bucket_keys, tokenize_batch
+from mixing.tokenize import TOKENIZED_SCHEMA, TokenizerInfo, bucket_keys, tokenize_batch
 from pipeline.aggregate import sum_by
 from pipeline.config import Config, ConfigError, MixingConfig, RayConfig
 from pipeline.ray_session import ray_session
@@ -229,6 +229,13 @@ def _pack_and_write(ordered, cfg: MixingConfig, info: TokenizerInfo, shard_dir: 
     return writer.close(**manifest)
 
 
+def _cache_is_current(cache: Path) -> bool:
+    """Whether a completed token cache has today's columns (one written before an upgrade may not)."""
+    import pyarrow.dataset as pds
+
+    return pds.dataset(str(cache), format="parquet").schema.names == TOKENIZED_SCHEMA.names
+
+
 def mix_from_config(cfg: Config, cleaned_dir: str, tokenizer_dir: str, out_dir: str,
                     fingerprint: Optional[str] = None) -> dict:
     """Write `out_dir/shards/` (+ manifest) and `out_dir/report/`; returns a summary for `xdp run`.
@@ -247,7 +254,7 @@ def mix_from_config(cfg: Config, cleaned_dir: str, tokenizer_dir: str, out_dir: 
     with ray_session(cfg.ray, writes=str(out), reads=[cleaned_dir, tokenizer_dir]):
         import ray
 
-        if scratch.completed("tokens"):
+        if scratch.completed("tokens") and _cache_is_current(cache):
             log.info("reusing the token cache of an interrupted run of this job")
         else:
             log.info("tokenizing %s", cleaned_dir)

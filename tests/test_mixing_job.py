@@ -276,3 +276,15 @@ def test_plan_and_mix_check_their_inputs_before_ray_starts(workdir, tmp_path, mo
         mixing.job.mix_from_config(cfg, str(workdir / "cleaned"), str(tmp_path / "empty"), str(tmp_path / "out"))
     with pytest.raises(ConfigError, match="no Parquet files"):
         mixing.job.cleaned_counts(str(tmp_path / "empty"), str(workdir / "tokenizer"))
+
+
+def test_a_token_cache_from_before_an_upgrade_is_not_reused(tmp_path):
+    from mixing.job import _cache_is_current
+    from mixing.tokenize import TOKENIZED_SCHEMA
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old = TOKENIZED_SCHEMA.remove(TOKENIZED_SCHEMA.get_field_index("tie"))  # the cache before `tie` existed
+    pq.write_table(old.empty_table(), tmp_path / "old" / "part-0.parquet")
+    pq.write_table(TOKENIZED_SCHEMA.empty_table(), tmp_path / "new" / "part-0.parquet")
+    assert not _cache_is_current(tmp_path / "old") and _cache_is_current(tmp_path / "new")
