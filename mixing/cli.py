@@ -75,7 +75,9 @@ def cmd_plan(args) -> int:
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
         return 0
-    print(f"budget: {plan.total_tokens:,.0f} tokens ({plan.budget_rule}), repetition cap {plan.max_epochs:g}")
+    # a request the data cannot hold, or tables no budget meets exactly: say why next to the number
+    budget = "".join(f"; {i['detail']}" for i in plan.issues if i["table"] == "budget")
+    print(f"budget: {plan.total_tokens:,.0f} tokens ({plan.budget_rule}{budget}), repetition cap {plan.max_epochs:g}")
     print(f"{'bucket':<28} {'available':>14} {'planned':>14} {'epochs':>7} {'selected':>14}")
     for b in plan.buckets:
         s = selections[(b.category, b.key)]

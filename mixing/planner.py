@@ -14,11 +14,18 @@ Rules when the tables cannot hold exactly (reported per entry in `MixPlan.issues
    language with target 0) are excluded and listed in `MixPlan.excluded`.
 2. A table entry with no data at all is dropped and the rest of its table renormalized ("no data").
 3. Default budget: the largest total for which every remaining entry is met exactly within the cap.
+   When no budget meets the category and language tables exactly (e.g. a category whose only
+   language is rarer than the category), the budget at which IPF's best fit, scaled up from a
+   budget where no cap binds, first puts a bucket (or an entry's target) at the cap; the plan is
+   the best fit at that budget, as for a requested one (budget rule "largest best fit", reported
+   as a "budget" issue; never 0 tokens).
 4. A larger requested budget: entries that would need more than `max_epochs` repetitions are held at
    the cap and their shortfall is shared by the other entries of the table in proportion to their
    targets ("capped"), which keeps the relative ratios of everything that can still be met. If the
-   joint matrix still cannot match both margins, IPF's best fit is used and the residual reported
-   ("joint").
+   joint matrix still cannot match both margins, IPF's best fit is used, scaled to the budget within
+   the cap, and the residual reported ("joint").
+5. A requested budget is delivered whenever the buckets in the tables hold it within `max_epochs`;
+   a larger one gets all of them at the cap, and the plan says so (a "budget" issue).
 """
 from __future__ import annotations
 
@@ -58,7 +65,7 @@ class MixPlan:
     buckets: list[BucketPlan]
     total_tokens: float
     max_epochs: float
-    budget_rule: str  # "largest feasible" or "requested"
+    budget_rule: str  # "largest feasible", "largest best fit" or "requested"
     targets: dict[str, dict[str, float]]  # table -> name -> requested share (normalized)
     excluded: dict[str, dict] = field(default_factory=dict)  # bucket name -> {"available", "reason"}
     issues: list[dict] = field(default_factory=list)  # per table entry that misses its target
@@ -197,6 +204,10 @@ class _Problem:
         if not self.nl_cats:
             return self.avail.copy(), code, 0.0
         matrix, err = _ipf(self.avail, cap * self.avail, rows, cols)
+        if rows.sum() - matrix.sum() > _FEASIBLE_TOLERANCE * total:
+            # inconsistent margins: IPF stops mid-oscillation with cells clipped, short of the budget
+            matrix[matrix < _FEASIBLE_TOLERANCE * rows.sum()] = 0.0  # cells the fit empties (IPF leaves denormals)
+            matrix = _capped_scale(matrix.ravel(), cap * self.avail.ravel(), rows.sum()).reshape(matrix.shape)
         return matrix, code, err
 
     def feasible(self, total: float) -> bool:
@@ -224,23 +235,48 @@ class _Problem:
                 "languages": {l: (total - code_total) * s for l, s in self.langs.items()},
                 "code_languages": {k: code_total * s for k, s in self.code_langs.items()}}
 
-    def largest_feasible(self) -> float:
-        """Largest budget meeting every entry within the cap: bisection (feasibility is monotone in it)."""
+    @property
+    def capacity(self) -> float:
+        """Tokens the buckets in the tables hold within the cap: no budget can plan more."""
+        return self.max_epochs * (self.avail.sum() + self.code_avail.sum())
+
+    def target_bound(self) -> float:
+        """Largest budget at which no table entry's target exceeds its tokens at the cap."""
         cap, code_share = self.max_epochs, self.cats.get(CODE, 0.0)
-        bounds = [cap * (self.avail.sum() + self.code_avail.sum())]
+        bounds = [self.capacity]
         for c, s in self.cats.items():
             a = self.code_avail.sum() if c == CODE else self.avail[self.nl_cats.index(c)].sum()
             bounds.append(cap * a / s)
         bounds += [cap * self.avail[:, j].sum() / (s * (1 - code_share)) for j, s in enumerate(self.langs.values())]
         bounds += [cap * a / (s * code_share) for a, s in zip(self.code_avail, self.code_langs.values())]
-        hi = min(bounds)
+        return min(bounds)
+
+    def largest_feasible(self) -> float | None:
+        """Largest budget meeting every entry within the cap: bisection (feasibility is monotone in it).
+
+        None when not even one token can be planned exactly (then no budget can).
+        """
+        hi = self.target_bound()
         if self.feasible(hi):
             return hi
+        if not self.feasible(min(1.0, hi)):
+            return None
         lo = 0.0
         while hi - lo > max(1.0, 1e-7 * hi):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if self.feasible(mid) else (lo, mid)
         return lo
+
+    def largest_best_fit(self) -> float:
+        """Budget for tables no budget meets exactly (rule 3): IPF's best fit at a budget so small that no
+        cap can bind (no margin exceeds a bucket's cap), scaled up until a bucket or a table entry's
+        target reaches the cap."""
+        caps = self.max_epochs * np.concatenate([self.avail.ravel(), self.code_avail])
+        small = caps[caps > 0].min()
+        matrix, code, _ = self.solve(small)
+        fit = np.concatenate([matrix.ravel(), code]) / small
+        with np.errstate(over="ignore"):  # cells the fit empties hold denormals: no bound
+            return float(min(self.target_bound(), np.min(caps[fit > 0] / fit[fit > 0])))
 
 
 def plan_mix(available: Mapping[tuple[str, str], int], ratios: RatioTables, *, total_tokens: float | None = None,
@@ -254,6 +290,11 @@ def plan_mix(available: Mapping[tuple[str, str], int], ratios: RatioTables, *, t
                           "categories, languages and code_languages with the cleaned data's partitions)")
     if total_tokens is None:
         total, rule = problem.largest_feasible(), "largest feasible"
+        if total is None:
+            total, rule = problem.largest_best_fit(), "largest best fit"
+            problem.issues.append({"table": "budget", "name": "total_tokens", "status": "best fit", "detail": (
+                "no budget meets the categories and languages tables exactly within the cap; planned the "
+                "budget at which IPF's best fit of them, scaled up, first puts a bucket at the cap")})
     else:
         total, rule = float(total_tokens), "requested"
     matrix, code, _ = problem.solve(total)
@@ -265,8 +306,21 @@ def plan_mix(available: Mapping[tuple[str, str], int], ratios: RatioTables, *, t
                    budget_rule=rule, excluded=problem.excluded, issues=problem.issues,
                    targets={"categories": dict(ratios.categories), "languages": dict(ratios.languages),
                             "code_languages": dict(ratios.code_languages)})
+    if plan.total_tokens <= 0:
+        raise ConfigError(f"the mix plan has no tokens (budget {total:g} tokens): set mixing.total_tokens > 0 "
+                          "and check that the cleaned data covers the ratio tables")
+    _report_shortfall(plan, problem, total)
     _report_misses(plan, problem)
     return plan
+
+
+def _report_shortfall(plan: MixPlan, problem: _Problem, requested: float) -> None:
+    """A requested budget the plan does not deliver is an issue, never a silent difference."""
+    if plan.budget_rule != "requested" or plan.total_tokens >= requested * (1 - _FEASIBLE_TOLERANCE):
+        return
+    plan.issues.append({"table": "budget", "name": "total_tokens", "status": "capped", "detail": (
+        f"requested {requested:,.0f} tokens, planned {plan.total_tokens:,.0f}: the buckets in the ratio "
+        f"tables hold {problem.capacity:,.0f} tokens within {plan.max_epochs:g} epochs")})
 
 
 def _report_misses(plan: MixPlan, problem: _Problem) -> None:

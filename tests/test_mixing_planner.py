@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from mixing.planner import plan_mix
-from mixing.ratios import RatioTables
+from mixing.ratios import RatioTables, load_ratios
 from mixing.select import copies, doc_hash, plan_selection
+from pipeline.config import ConfigError
 
 RATIOS = RatioTables(
     name="t",
@@ -79,6 +80,40 @@ def test_over_budget_holds_scarce_entries_at_the_cap_and_keeps_the_rest_in_propo
         for name, target in getattr(RATIOS, table).items():
             assert plan.shares(table)[name] == pytest.approx(target, abs=1e-6)
     assert max(b.rate for b in plan.buckets) <= 4.0 + 1e-9
+
+
+def test_default_budget_without_an_exact_fit_scales_the_best_fit_up_to_the_cap_never_to_zero():
+    # each category has one language, so web 50 % and en 90 % cannot both hold at any budget
+    ratios = RatioTables("t", {"web": 0.5, "books": 0.5}, {"en": 0.9, "zh": 0.1}, {"Python": 1.0})
+    plan = plan_mix({("web", "en"): 1_000_000, ("books", "zh"): 1_000_000}, ratios, max_epochs=4.0)
+    assert plan.total_tokens == pytest.approx(4_000_000 / 0.9, rel=1e-6)  # until web/en reaches its cap
+    assert plan.budget_rule == "largest best fit"
+    assert plan.shares("languages") == pytest.approx({"en": 0.9, "zh": 0.1}, abs=1e-6)  # IPF's best fit
+    assert [b.rate for b in plan.buckets] == pytest.approx([4.0, 4 / 9])
+    issues = {(i["table"], i["name"]): i["status"] for i in plan.issues}
+    assert issues.keys() == {("budget", "total_tokens"), ("categories", "web"), ("categories", "books")}
+    assert issues[("budget", "total_tokens")] == "best fit"
+    # the shipped tables: encyclopedia has data only in de, whose share is smaller
+    plan = plan_mix({("web", "en"): 5_000_000, ("web", "zh"): 3_000_000, ("web", "de"): 200_000,
+                     ("encyclopedia", "de"): 1_000_000, ("code", "Python"): 500_000}, load_ratios())
+    assert plan.budget_rule == "largest best fit" and plan.total_tokens > 20_000_000
+    assert max(b.rate for b in plan.buckets) == pytest.approx(4.0)
+    with pytest.raises(ConfigError, match="no tokens"):
+        plan_mix(_available(), RATIOS, total_tokens=0)
+
+
+def test_requested_budget_is_delivered_while_the_data_holds_it_and_a_shortfall_is_reported():
+    ratios = RatioTables("t", {"web": 0.8, "books": 0.2}, {"en": 0.5, "zh": 0.5}, {"Python": 1.0})
+    avail = {("web", "en"): 1000, ("web", "zh"): 300, ("books", "zh"): 1000, ("books", "en"): 100}  # 9,600 at 4
+    for total in (4_500, 5_000, 6_000, 8_000, 9_300, 9_600):
+        plan = plan_mix(avail, ratios, total_tokens=total, max_epochs=4.0)
+        assert plan.total_tokens == pytest.approx(total), total
+        assert max(b.rate for b in plan.buckets) <= 4.0 + 1e-9
+        assert not [i for i in plan.issues if i["table"] == "budget"]
+    plan = plan_mix(avail, ratios, total_tokens=12_000, max_epochs=4.0)
+    assert plan.total_tokens == pytest.approx(9_600) and all(b.rate == pytest.approx(4.0) for b in plan.buckets)
+    budget = [i["detail"] for i in plan.issues if i["table"] == "budget"]
+    assert len(budget) == 1 and budget[0].startswith("requested 12,000 tokens, planned 9,600: ")
 
 
 def test_nothing_usable_is_an_error():
