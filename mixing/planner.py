@@ -36,9 +36,8 @@ from typing import Mapping
 import numpy as np
 
 from mixing.ratios import RatioTables
-from pipeline.config import ConfigError
+from pipeline.config import CODE, ConfigError
 
-CODE = "code"
 _IPF_ITERATIONS = 5000
 _IPF_TOLERANCE = 1e-9  # relative error of the margins at which IPF stops
 _FEASIBLE_TOLERANCE = 1e-7

@@ -14,7 +14,8 @@ from typing import Mapping, Optional
 import numpy as np
 import pyarrow as pa
 
-from mixing.planner import CODE, MixPlan
+from mixing.planner import MixPlan
+from pipeline.config import CODE
 from mixing.ratios import RatioTables
 from mixing.select import BucketSelection
 from mixing.shards import MANIFEST, read_manifest

@@ -18,9 +18,8 @@ import xxhash
 
 from mixing.select import doc_hash
 from mixing.shards import sha256_file
-from pipeline.config import ConfigError
+from pipeline.config import CODE, ConfigError
 
-CODE = "code"
 OTHER = "other"
 _NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # how a null partition value comes back from a hive path
 

@@ -294,10 +294,10 @@ def has_glob(path: str) -> bool:
 
 def _check_langid_files(cfg: Config) -> None:
     """A model or rules file of the user's is loaded now, not first in a Ray worker mid-job."""
-    for field in ("model", "rules"):
-        path = getattr(cfg.langid, field)
+    for name in ("model", "rules"):
+        path = getattr(cfg.langid, name)
         if path is not None and not os.path.isfile(path):
-            raise ConfigError(f"langid.{field}: no such file: {path}")
+            raise ConfigError(f"langid.{name}: no such file: {path}")
     if cfg.langid.model is not None or cfg.langid.rules is not None:
         from pipeline.langid import LanguageIdentifier  # langid imports this module
 
@@ -312,9 +312,9 @@ def validate(cfg: Config) -> Config:
         where = f"inputs[{i}]"
         if not src.path:
             raise ConfigError(f"{where}.path: required")
-        for field in ("text_field", "id_field"):
-            if not getattr(src, field):
-                raise ConfigError(f"{where}.{field}: must name a field, got {getattr(src, field)!r}")
+        for name in ("text_field", "id_field"):
+            if not getattr(src, name):
+                raise ConfigError(f"{where}.{name}: must name a field, got {getattr(src, name)!r}")
         if src.format is not None and src.format not in FORMATS:
             raise ConfigError(f"{where}.format: {src.format!r} is not one of {', '.join(FORMATS)}")
         if src.category is None and src.category_field is None:
