@@ -60,6 +60,17 @@ def _write_pieces(table: pa.Table, parts: np.ndarray, root: Path, step: str, nam
         write_parquet_atomic(piece, _part_dir(root, step, int(p)) / f"{stem}.parquet")
 
 
+def _send(table: pa.Table, by: str, root: Path, step: str, sender: int, num_partitions: int) -> None:
+    """Partition `sender`'s rows for the next step, routed by hash of column `by`; pieces are named by
+    the sender, so a retried task rewrites its own."""
+    _write_pieces(table, dedup.partition_of(table.column(by).combine_chunks(), num_partitions), root, step,
+                  name=f"from-{sender:05d}")
+
+
+def _write_labels(labels: pa.Table, root: Path, step: str, q: int) -> None:
+    write_parquet_atomic(labels, _part_dir(root, step, q) / "labels.parquet")
+
+
 def _read_partition(root: Path, step: str, p: int, schema: pa.Schema) -> pa.Table:
     folder = _part_dir(root, step, p)
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
@@ -184,8 +195,7 @@ def _near_edges(root: str, p: int, num_partitions: int, num_perm: int, threshold
     root = Path(root)
     edges = dedup.bucket_edges(_read_partition(root, "bands", p, _band_schema(num_perm)), threshold)
     both = pa.concat_tables([edges, edges.select(["dst", "src"]).rename_columns(["src", "dst"])])
-    _write_pieces(both, dedup.partition_of(both.column("src").combine_chunks(), num_partitions), root, "edges",
-                  name=f"from-{p:05d}")
+    _send(both, "src", root, "edges", p, num_partitions)
     return edges.num_rows
 
 
@@ -193,7 +203,7 @@ def _near_edges(root: str, p: int, num_partitions: int, num_perm: int, threshold
 def _near_init_labels(root: str, q: int) -> int:
     root = Path(root)
     labels = dedup.initial_labels(_read_partition(root, "edges", q, dedup.EDGE_SCHEMA))
-    write_parquet_atomic(labels, _part_dir(root, "labels-0", q) / "labels.parquet")
+    _write_labels(labels, root, "labels-0", q)
     return labels.num_rows
 
 
@@ -203,8 +213,7 @@ def _near_messages(root: str, p: int, rnd: int, num_partitions: int) -> int:
     root = Path(root)
     messages = dedup.label_messages(_read_partition(root, "edges", p, dedup.EDGE_SCHEMA),
                                     _read_partition(root, f"labels-{rnd}", p, dedup.LABEL_SCHEMA))
-    _write_pieces(messages, dedup.partition_of(messages.column("node").combine_chunks(), num_partitions), root,
-                  f"messages-{rnd}", name=f"from-{p:05d}")
+    _send(messages, "node", root, f"messages-{rnd}", p, num_partitions)
     return messages.num_rows
 
 
@@ -215,10 +224,9 @@ def _near_relabel(root: str, q: int, rnd: int, num_partitions: int) -> int:
     root = Path(root)
     before = _read_partition(root, f"labels-{rnd}", q, dedup.LABEL_SCHEMA)
     labels, changed = dedup.relabel(before, _read_partition(root, f"messages-{rnd}", q, dedup.MESSAGE_SCHEMA))
-    write_parquet_atomic(labels, _part_dir(root, f"propagated-{rnd}", q) / "labels.parquet")
+    _write_labels(labels, root, f"propagated-{rnd}", q)
     requests = dedup.jump_requests(before, labels)
-    _write_pieces(requests, dedup.partition_of(requests.column("target").combine_chunks(), num_partitions), root,
-                  f"requests-{rnd}", name=f"from-{q:05d}")
+    _send(requests, "target", root, f"requests-{rnd}", q, num_partitions)
     return changed
 
 
@@ -229,10 +237,9 @@ def _near_answer(root: str, p: int, rnd: int, num_partitions: int) -> int:
     root = Path(root)
     requests = _read_partition(root, f"requests-{rnd}", p, dedup.REQUEST_SCHEMA)
     labels, changed = dedup.hook(_read_partition(root, f"propagated-{rnd}", p, dedup.LABEL_SCHEMA), requests)
-    write_parquet_atomic(labels, _part_dir(root, f"hooked-{rnd}", p) / "labels.parquet")
+    _write_labels(labels, root, f"hooked-{rnd}", p)
     answers = dedup.jump_answers(requests, labels)
-    _write_pieces(answers, dedup.partition_of(answers.column("node").combine_chunks(), num_partitions), root,
-                  f"answers-{rnd}", name=f"from-{p:05d}")
+    _send(answers, "node", root, f"answers-{rnd}", p, num_partitions)
     return changed
 
 
@@ -242,7 +249,7 @@ def _near_jump(root: str, q: int, rnd: int) -> int:
     root = Path(root)
     labels, changed = dedup.adopt_jumps(_read_partition(root, f"hooked-{rnd}", q, dedup.LABEL_SCHEMA),
                                         _read_partition(root, f"answers-{rnd}", q, dedup.MESSAGE_SCHEMA))
-    write_parquet_atomic(labels, _part_dir(root, f"labels-{rnd + 1}", q) / "labels.parquet")
+    _write_labels(labels, root, f"labels-{rnd + 1}", q)
     return changed
 
 
