@@ -5,7 +5,8 @@ Every record read becomes exactly one row: a valid document (`reason` null) or a
 a record that is not an object, a missing or non-string text, an unknown category, an oversized
 record, a Parquet value Python cannot hold (in any column: the row alone is quarantined), or a file
 that breaks mid-way (truncated or damaged gzip/zstd, unreadable) is reported with its file and
-position (JSONL: 1-based line number; Parquet: 0-based row index).
+position (JSONL: 1-based line number; a JSON file holding one top-level array, which is read element by
+element: 1-based element number; Parquet: 0-based row index).
 
 A file-level failure (cannot be opened: missing, dangling or looping symlink, no permission; not a
 regular file: directory, FIFO, device; broken archive) is one `read_error` row at the position where
@@ -28,13 +29,12 @@ from typing import IO, Iterator, Optional
 
 import pyarrow as pa
 
+from pipeline import json_framing
 from pipeline.config import CATEGORIES, InputSource, ReadConfig
+from pipeline.json_framing import Piece, ReadError
 from pipeline.normalize import normalize_text, replace_surrogates
 from pipeline.schema import READ_SCHEMA
 from pipeline.sources import InputFile
-
-_CHUNK = 1 << 20
-
 
 def stable_id(source: str, position: int) -> str:
     """Id for a record that has none: stable across runs, machines and worker counts."""
@@ -297,57 +297,24 @@ class _ZstdStream:
         return result
 
 
-class ReadError(Exception):
-    """The stream broke after `complete` good lines (truncated archive, I/O error)."""
-
-
-def _lines(stream: IO[bytes], limit: int) -> Iterator[tuple[int, Optional[bytes], int, bytes]]:
-    """Yield (line number, line or None if over `limit`, size in bytes, head of an oversized line).
-
-    Reads fixed-size chunks, so one huge line never sits in memory whole, and every complete line
-    before a broken tail is still yielded; the break itself raises ReadError.
-    """
-    number, pending, size, oversized = 0, b"", 0, False
-    read = stream.read1 if hasattr(stream, "read1") else stream.read  # read1: one decompression step, nothing buffered lost
-    while True:
-        try:
-            chunk = read(_CHUNK)
-        except Exception as exc:
-            raise ReadError(f"{type(exc).__name__}: {exc}") from exc
-        if not chunk:
-            break
-        start = 0
-        while True:
-            nl = chunk.find(b"\n", start)
-            piece = chunk[start:] if nl < 0 else chunk[start:nl]
-            size += len(piece)
-            if not oversized:
-                pending += piece
-                if len(pending) > limit:
-                    oversized, pending = True, pending[:4096]
-            if nl < 0:
-                break
-            number += 1
-            yield (number, None, size, pending) if oversized else (number, pending, size, b"")
-            pending, size, oversized = b"", 0, False
-            start = nl + 1
-    if size:
-        number += 1
-        yield (number, None, size, pending) if oversized else (number, pending, size, b"")
-
-
-def jsonl_lines(url: str, fmt: str, limit: int) -> Iterator[tuple[int, Optional[bytes], int, bytes]]:
-    """The lines of a JSONL file (`fmt`: jsonl, jsonl.gz or jsonl.zst; local or any fsspec URL), as
-    (line number, line without its newline or None if over `limit` bytes, size, head of an oversized
-    line). A truncated archive or I/O error raises ReadError after the last complete line."""
+def jsonl_lines(url: str, fmt: str, limit: int) -> Iterator[Piece]:
+    """The lines of a JSON Lines file (`fmt`: jsonl, jsonl.gz or jsonl.zst; local or any fsspec URL),
+    as json_framing pieces. A truncated archive or I/O error raises ReadError after the last complete
+    line."""
     with _open_bytes(url) as raw:
-        yield from _lines(_decompressed(raw, fmt), limit)
+        yield from json_framing.lines(json_framing.chunks(_decompressed(raw, fmt)), limit)
+
+
+def json_records(url: str, fmt: str, limit: int) -> Iterator[Piece]:
+    """As jsonl_lines, but a file holding one top-level array yields its elements."""
+    with _open_bytes(url) as raw:
+        yield from json_framing.records(_decompressed(raw, fmt), limit)
 
 
 def _read_jsonl(file: InputFile, validator: RecordValidator, cfg: ReadConfig) -> Iterator[dict]:
     position = 0
     try:
-        for position, line, size, head in jsonl_lines(file.url, file.format, cfg.max_record_bytes):
+        for position, line, size, head in json_records(file.url, file.format, cfg.max_record_bytes):
             if line is None:
                 yield validator.quarantine(position, "oversized_record",
                                            head.decode("utf-8", "replace"), size)

@@ -223,3 +223,56 @@ def test_parquet_binary_text_is_read_where_it_is_utf8(tmp_path):
     table = _read(path, "parquet")
     assert table.column("text").to_pylist()[0] == "naïve café"
     assert _bad_rows(table) == [(1, "invalid_utf8: text: byte 3")]
+
+
+def _docs(n):
+    return [{"id": f"d{i}", "text": f"Document {i}, with \"quotes\", [brackets], {{braces}} and a \\ backslash."}
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+@pytest.mark.parametrize("chunk", [3, 1 << 20])
+def test_json_array_file_is_read_element_by_element(tmp_path, monkeypatch, indent, chunk):
+    import pipeline.json_framing
+
+    monkeypatch.setattr(pipeline.json_framing, "CHUNK", chunk)  # records and strings cut by chunk ends
+    docs = _docs(40) + [[1, 2], {"id": "no text"}]
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(docs, indent=indent) + "\n")
+    table = _read(path, "jsonl")
+    assert table.column("position").to_pylist() == list(range(1, 43))
+    assert table.column("id").to_pylist()[:40] == [d["id"] for d in docs[:40]]
+    assert table.column("text").to_pylist()[:40] == [d["text"] for d in docs[:40]]
+    assert _reasons(table)[40:] == ["not_an_object", "missing_text"]
+
+
+def test_json_array_damage_keeps_the_elements_before_it(tmp_path):
+    whole = json.dumps(_docs(3), indent=1)
+    truncated = tmp_path / "truncated.json.gz"
+    truncated.write_bytes(gzip.compress(whole[:-40].encode()))  # cut inside the third element
+    table = _read(truncated, "jsonl.gz")
+    assert _reasons(table) == [None, None, "invalid_json", "read_error"]
+    assert table.column("position").to_pylist() == [1, 2, 3, 4]
+    trailing = tmp_path / "trailing.json"
+    trailing.write_text(whole + "\n{\"text\": \"after the array\"}\n")
+    table = _read(trailing, "jsonl")
+    assert _reasons(table) == [None, None, None, "read_error"]
+    assert "closing bracket" in table.column("reason")[3].as_py()
+
+
+def test_json_array_oversized_element_is_quarantined(tmp_path):
+    docs = _docs(2)
+    docs.insert(1, {"id": "big", "text": "x" * 5000})
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(docs))
+    table = _read(path, "jsonl", max_record_bytes=1000)
+    assert _reasons(table) == [None, "oversized_record", None]
+    assert table.column("raw")[1].as_py().startswith('{"id": "big"')
+
+
+def test_jsonl_whose_first_record_is_an_array_is_still_jsonl(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text("[1, 2]\n" + "\n".join(json.dumps(d) for d in _docs(3)) + "\n")
+    table = _read(path, "jsonl")
+    assert _reasons(table) == ["not_an_object", None, None, None]
+    assert table.column("position").to_pylist() == [1, 2, 3, 4]
