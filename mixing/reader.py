@@ -88,7 +88,13 @@ class _ShardIndex:
             if vocab is not None and rows.size and int(rows.max()) >= vocab:  # an embedding lookup would fail
                 raise ShardError(f"{self.dir / self.shards[shard]['file']}: token id {int(rows.max())} is outside "
                                  f"the manifest's vocab_size {vocab}")
-            self._groups[key] = (rows, cu.offsets.to_numpy(), cu.values.to_numpy(zero_copy_only=False))
+            offsets, bounds = cu.offsets.to_numpy(), cu.values.to_numpy(zero_copy_only=False)
+            bad = _bad_layout(offsets, bounds, self.sequence_length)
+            if bad is not None:
+                raise ShardError(f"{self.dir / self.shards[shard]['file']}: row {bad} of row group {group}: "
+                                 f"cu_seqlens {bounds[offsets[bad]:offsets[bad + 1]][:8].tolist()} must start at 0, "
+                                 f"rise strictly and end at most at the sequence length {self.sequence_length}")
+            self._groups[key] = (rows, offsets, bounds)
             if len(self._groups) > _CACHED_ROW_GROUPS:
                 self._groups.popitem(last=False)
         else:
@@ -106,6 +112,18 @@ class _ShardIndex:
             "input_ids": torch.from_numpy(rows[r].astype(np.int64)),
             "cu_seqlens": torch.from_numpy(cu_values[cu_offsets[r]:cu_offsets[r + 1]].astype(np.int32)),
         }
+
+
+def _bad_layout(offsets: np.ndarray, bounds: np.ndarray, sequence_length: int):
+    """The first row whose document bounds cannot describe a packed row, or None (vectorized)."""
+    starts, ends = offsets[:-1], offsets[1:]
+    ok = ends - starts >= 2
+    ok[ok] &= (bounds[starts[ok]] == 0) & (bounds[ends[ok] - 1] <= sequence_length)
+    rises = np.diff(bounds.astype(np.int64)) > 0
+    rises[ends[:-1][ends[:-1] > 0] - 1] = True  # from one row's last bound to the next row's first
+    falls = np.flatnonzero(~rises)
+    ok[np.searchsorted(ends, falls, side="right")] = False  # the row holding each fall
+    return int(np.flatnonzero(~ok)[0]) if not ok.all() else None
 
 
 def _partition(n: int, rank: int, world_size: int) -> tuple[int, int]:

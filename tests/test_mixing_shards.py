@@ -144,6 +144,24 @@ def test_corrupt_and_truncated_shards_are_named(shard_dir):
         PackedShards(path)
 
 
+@pytest.mark.parametrize("bounds", [[0, 5, 5], [1, 5], [0], [0, 9, 4], [0, L + 1]])
+def test_a_row_whose_document_bounds_are_impossible_is_named(shard_dir, bounds):
+    """The layout decides what attends to what: bounds that do not rise from 0 to at most the row's
+    length are refused by the reader, naming the shard and row, not by the model mid-training."""
+    path, _, _ = shard_dir
+    victim = path / "shard-00001.parquet"
+    table = pq.read_table(victim)
+    cu = table.column("cu_seqlens").to_pylist()
+    cu[3] = bounds
+    table = table.set_column(table.schema.get_field_index("cu_seqlens"), "cu_seqlens",
+                             pa.array(cu, type=table.schema.field("cu_seqlens").type))
+    pq.write_table(table, victim)
+    ds = PackedShards(path, verify=False)
+    ds[0]  # other shards still read
+    with pytest.raises(ShardError, match=r"shard-00001.parquet: row 3 of row group 0: cu_seqlens"):
+        ds[13]
+
+
 def test_killed_writer_leaves_no_partial_shard(tmp_path):
     out = tmp_path / "shards"
     script = textwrap.dedent(f"""
