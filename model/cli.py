@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from model.config import PRESETS
@@ -18,7 +19,8 @@ examples:
   xdp smoke-train --shards /shared/shards --ray --nproc 16 --ray-address auto
 
 The last stdout line is a JSON summary {first_loss, last_loss, steps, tokens_per_s, backend,
-world_size, device, ...}; the exit status is 1 when the loss is not finite or did not fall.
+world_size, device, ...}. Exit status: 0 when the loss fell; 1 when it is not finite or did not fall
+(stderr says which) or on an unexpected error (a traceback); 2 on bad input or a config error.
 """
 
 
@@ -60,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from model.attention import BACKENDS
-    from model.train import TrainConfig, launch_local, launch_ray, loss_fell, preflight, train_and_leave
+    from model.train import TrainConfig, launch_local, launch_ray, loss_fell, loss_verdict, preflight, train_and_leave
 
     if not (Path(args.shards) / "manifest.json").is_file():
         raise ConfigError(f"--shards {args.shards}: no manifest.json (not a shard directory?)")
@@ -73,12 +75,15 @@ def run(args: argparse.Namespace) -> int:
     under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
     if args.fsdp and not args.ray and not under_torchrun and args.nproc < 2:
         raise ConfigError("--fsdp shards across processes: use --nproc >= 2, --ray or torchrun")
+    # Absolute: Ray Train workers run in their own directory, where a relative path means another place.
+    absolute = {name: os.path.abspath(getattr(args, name)) if getattr(args, name) else None
+                for name in ("shards", "checkpoint_dir", "resume")}
     cfg = TrainConfig(
-        shards=args.shards, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
+        shards=absolute["shards"], preset=args.preset, steps=args.steps, batch_size=args.batch_size,
         grad_accum=args.grad_accum, lr=args.lr,
         warmup_steps=args.warmup_steps, seed=args.seed, fsdp=args.fsdp, attention=args.attention,
-        compile=args.compile, loss_chunk=args.loss_chunk, checkpoint_dir=args.checkpoint_dir,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, log_every=args.log_every,
+        compile=args.compile, loss_chunk=args.loss_chunk, checkpoint_dir=absolute["checkpoint_dir"],
+        checkpoint_every=args.checkpoint_every, resume=absolute["resume"], log_every=args.log_every,
         peak_tflops=args.peak_tflops, verify=not args.no_verify,
     )
     if under_torchrun:  # every rank runs this: each checks the shards it reads, as it opens them
@@ -91,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
             summary = launch_local(cfg, args.nproc)
         else:
             summary = train_and_leave(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary), flush=True)
-    return 0 if loss_fell(summary) else 1
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0 if loss_fell(summary) else 1
+    print(json.dumps(summary), flush=True)
+    verdict = loss_verdict(summary)
+    if verdict:
+        print(f"xdp smoke-train: {verdict}", file=sys.stderr, flush=True)
+    return 1 if verdict else 0

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from model.model import IGNORE_INDEX, Transformer
 log = logging.getLogger(__name__)
 
 TRAIN_STATE = "train_state.json"
+MIN_STEPS = 2  # the verdict compares the first and the last loss of a run
 
 
 @dataclass
@@ -66,9 +68,12 @@ class TrainConfig:
 
         if self.loss_chunk is not None and self.loss_chunk < 0:
             raise ConfigError(f"smoke-train loss_chunk must be >= 0, got {self.loss_chunk}")
-        for name in ("steps", "batch_size", "grad_accum", "log_every"):
+        for name in ("batch_size", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"smoke-train {name} must be >= 1, got {getattr(self, name)}")
+        if self.steps < MIN_STEPS:
+            raise ConfigError(f"smoke-train steps must be >= {MIN_STEPS}, got {self.steps}: the verdict compares "
+                              "the first and the last loss")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:  # `not >` also refuses NaN
             raise ConfigError(f"smoke-train lr must be > 0 and min_lr_ratio within [0, 1], got {self.lr}, "
                               f"{self.min_lr_ratio}")
@@ -82,12 +87,17 @@ class TrainConfig:
             raise ConfigError(f"smoke-train warmup_steps must be within [0, steps={self.steps}]")
 
 
+def warmup_steps(cfg: TrainConfig) -> int:
+    return cfg.steps // 10 if cfg.warmup_steps is None else cfg.warmup_steps
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at the last step."""
-    warmup = cfg.steps // 10 if cfg.warmup_steps is None else cfg.warmup_steps
+    """Linear warmup over the first `warmup` steps, `lr` at step `warmup`, then cosine decay to
+    `lr * min_lr_ratio` at the last step (`steps - 1`)."""
+    warmup = warmup_steps(cfg)
     if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, cfg.steps - warmup)
+        return cfg.lr * (step + 1) / (warmup + 1)
+    progress = min(1.0, (step - warmup) / max(1, cfg.steps - 1 - warmup))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -186,11 +196,16 @@ def _data_order_keys(cfg: TrainConfig, world_size: int) -> dict:
             "tokenizer_sha256": manifest.get("tokenizer_sha256")}
 
 
-def resume_step(cfg: TrainConfig, world_size: int) -> int:
-    """The step `cfg.resume` is at, once its train state matches this run (else ConfigError)."""
+def _schedule(cfg: TrainConfig) -> dict:
+    """What shapes the updates but not which rows are read: a resumed run may change it, and is told
+    that its losses then part from the uninterrupted run's."""
+    return {"steps": cfg.steps, "lr": cfg.lr, "warmup_steps": warmup_steps(cfg), "min_lr_ratio": cfg.min_lr_ratio,
+            "weight_decay": cfg.weight_decay, "betas": list(cfg.betas), "grad_clip": cfg.grad_clip}
+
+
+def _train_state(path: Path) -> dict:
     from pipeline.config import ConfigError
 
-    path = Path(cfg.resume)
     try:
         state = json.loads((path / TRAIN_STATE).read_text())
     except FileNotFoundError:
@@ -199,12 +214,30 @@ def resume_step(cfg: TrainConfig, world_size: int) -> int:
         raise ConfigError(f"--resume {path}: unreadable {TRAIN_STATE} ({exc})") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise ConfigError(f"--resume {path}: {TRAIN_STATE} has no step")
+    return state
+
+
+def schedule_changes(cfg: TrainConfig) -> list[str]:
+    """How this run's schedule differs from the one `cfg.resume` was trained with, as `name a -> b`."""
+    state = _train_state(Path(cfg.resume))
+    return [f"{key} {state[key]!r} -> {have!r}" for key, have in _schedule(cfg).items()
+            if key in state and state[key] != have]
+
+
+def resume_step(cfg: TrainConfig, world_size: int) -> int:
+    """The step `cfg.resume` is at, once its train state matches this run (else ConfigError)."""
+    from pipeline.config import ConfigError
+
+    path = Path(cfg.resume)
+    state = _train_state(path)
+    if not (path / ".metadata").is_file():  # what dcp.load reads first
+        raise ConfigError(f"--resume {path}: incomplete checkpoint (no .metadata)")
     for key, have in _data_order_keys(cfg, world_size).items():
         if state.get(key) != have:
             raise ConfigError(f"--resume {path}: checkpoint has {key}={state.get(key)!r}, this run {have!r}")
-    if state["step"] >= cfg.steps:
-        raise ConfigError(f"--resume: the checkpoint is at step {state['step']}, nothing left to do for "
-                          f"--steps {cfg.steps}")
+    if cfg.steps - state["step"] < MIN_STEPS:
+        raise ConfigError(f"--resume: the checkpoint is at step {state['step']}; --steps {cfg.steps} leaves "
+                          f"{max(0, cfg.steps - state['step'])} to run, the verdict needs at least {MIN_STEPS}")
     return state["step"]
 
 
@@ -221,9 +254,17 @@ def preflight(cfg: TrainConfig, world_size: int) -> int:
     for key in ("vocab_size", "eos_id"):
         if dataset.manifest.get(key) is None:
             raise ConfigError(f"{cfg.shards}/manifest.json has no {key!r}")
+    context = preset(cfg.preset).max_seq_len
+    if dataset.sequence_length > context:
+        raise ConfigError(f"{cfg.shards}: rows of {dataset.sequence_length} tokens exceed preset {cfg.preset}'s "
+                          f"context of {context}")
     if len(dataset) < world_size:
         raise ConfigError(f"{cfg.shards}: {len(dataset)} sequences for {world_size} processes; every process "
                           "needs at least one")
+    per_rank = len(dataset) // world_size
+    if cfg.batch_size * cfg.grad_accum > per_rank:
+        log.warning("a step reads %d rows per process (--batch-size x --grad-accum) but a process holds %d: "
+                    "rows repeat within a step", cfg.batch_size * cfg.grad_accum, per_rank)
     return resume_step(cfg, world_size) if cfg.resume else 0
 
 
@@ -249,12 +290,14 @@ def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, w
     if world.distributed:
         dist.barrier()
     if world.rank == 0:
-        (tmp / TRAIN_STATE).write_text(json.dumps({"step": step, **_data_order_keys(cfg, world.world_size)}) + "\n")
-        if path.exists():
-            import shutil
-
-            shutil.rmtree(path)
+        (tmp / TRAIN_STATE).write_text(json.dumps({"step": step, **_data_order_keys(cfg, world.world_size),
+                                                          **_schedule(cfg)}) + "\n")
+        old = path.with_name(path.name + ".old")
+        if path.exists():  # set aside, not deleted, until the new one is in place
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
         os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
         log.info("checkpoint saved: %s", path)
     if world.distributed:
         dist.barrier()
@@ -263,6 +306,7 @@ def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, w
 def load_checkpoint(path: Path, model, optimizer, step: int, world: World) -> None:
     """Restore weights and optimizer state in place from a checkpoint `resume_step` accepted at `step`."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     from pipeline.config import ConfigError
@@ -272,7 +316,8 @@ def load_checkpoint(path: Path, model, optimizer, step: int, world: World) -> No
     try:
         with _quiet_single_process_dcp(world):
             dcp.load(sd, checkpoint_id=str(path))
-    except Exception as exc:  # a missing or truncated .distcp file: dcp raises several types
+    except (Exception, CheckpointException) as exc:  # a missing or truncated .distcp file; dcp's own
+        # CheckpointException derives from BaseException, not Exception
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"--resume {path}: cannot load the checkpoint ({type(exc).__name__}: {first[:300]})") from None
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
@@ -360,6 +405,10 @@ def train(cfg: TrainConfig) -> dict:
     optimizer = _optimizer(model, cfg, world)
     if cfg.resume:
         load_checkpoint(Path(cfg.resume), model, optimizer, start, world)
+        changes = schedule_changes(cfg)
+        if changes and world.rank == 0:
+            log.warning("resuming with another schedule (%s): the losses will part from the uninterrupted "
+                        "run's", ", ".join(changes))
     step_fn = compile_packed(model) if cfg.compile else model
     on_gpu = world.device.type == "cuda"
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu and not cfg.fsdp
@@ -435,9 +484,19 @@ class Throughput:
         return self.flops / self.seconds / self.peak
 
 
+def loss_verdict(summary: dict) -> str:
+    """What failed the smoke test, or "" when it passed: finite losses, and the last below the first."""
+    bad = next((i for i, x in enumerate(summary["losses"]) if not math.isfinite(x)), None)
+    if bad is not None:
+        return f"the loss is {summary['losses'][bad]} at step {bad + 1} of {len(summary['losses'])} run"
+    if not summary["last_loss"] < summary["first_loss"]:
+        return (f"the loss did not fall ({summary['first_loss']:.4f} -> {summary['last_loss']:.4f} over "
+                f"{len(summary['losses'])} steps)")
+    return ""
+
+
 def loss_fell(summary: dict) -> bool:
-    """The smoke test's verdict: finite losses, and the last below the first."""
-    return all(math.isfinite(x) for x in summary["losses"]) and summary["last_loss"] < summary["first_loss"]
+    return not loss_verdict(summary)
 
 
 def _configure_worker_logging() -> None:

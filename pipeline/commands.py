@@ -179,14 +179,18 @@ def cmd_demo(args) -> int:
     cfg = load_config(demo_config_path())
     cfg.output = os.path.abspath(args.output)
     cfg.ray = with_ray_args(cfg.ray, args)
+    train_cfg = None
+    if args.train_steps:  # checked before the job, not after it
+        from model.train import TrainConfig
+
+        train_cfg = TrainConfig(shards=os.path.join(cfg.output, "shards"), preset="tiny", steps=args.train_steps)
     claim_demo_output(Path(cfg.output), args.overwrite)
     summary = run_job(cfg, overwrite=True)
-    if args.train_steps:
+    if train_cfg is not None:
         # The last link of the chain: the bundled model learns from the shards just written.
-        from model.train import TrainConfig, loss_fell, train
+        from model.train import loss_fell, train
 
-        result = train(TrainConfig(shards=os.path.join(cfg.output, "shards"), preset="tiny",
-                                   steps=args.train_steps))
+        result = train(train_cfg)
         summary["smoke_train"] = {k: result[k] for k in ("first_loss", "last_loss", "steps", "tokens_per_s",
                                                           "backend", "world_size", "device")}
         if not loss_fell(result):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from mixing.shards import write_shards
-from model.train import TrainConfig, loss_fell, lr_at, train
+from model.train import TrainConfig, loss_fell, loss_verdict, lr_at, train
 from pipeline.cli import main as xdp_main
 
 SEQ_LEN, VOCAB = 256, 512
@@ -35,9 +36,9 @@ def shards(tmp_path_factory):
     return out
 
 
-def smoke_train(*args: str, timeout: int = 300) -> tuple[dict, subprocess.CompletedProcess]:
+def smoke_train(*args: str, timeout: int = 300, cwd=None) -> tuple[dict, subprocess.CompletedProcess]:
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "smoke-train", "--lr", "3e-3", *args],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert SUMMARY_KEYS <= summary.keys()
@@ -135,8 +136,45 @@ def test_one_process_checkpoint_and_resume_without_warnings(shards, tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        train(TrainConfig(shards=str(shards), steps=2, checkpoint_dir=str(tmp_path)))
-        assert train(TrainConfig(shards=str(shards), steps=3, resume=str(tmp_path / "step-2")))["steps"] == 1
+        train(TrainConfig(shards=str(shards), steps=4, checkpoint_dir=str(tmp_path), checkpoint_every=2))
+        assert train(TrainConfig(shards=str(shards), steps=4, resume=str(tmp_path / "step-2")))["steps"] == 2
+
+
+def test_resume_with_another_schedule_is_told_and_a_rerun_replaces_its_checkpoint(shards, tmp_path, caplog):
+    import logging
+
+    cfg = TrainConfig(shards=str(shards), steps=2, checkpoint_dir=str(tmp_path))
+    train(cfg)
+    first = (tmp_path / "step-2" / "train_state.json").read_text()
+    train(cfg)  # the same checkpoint again: replaced, nothing left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-2"]
+    assert json.loads((tmp_path / "step-2" / "train_state.json").read_text()) == json.loads(first)
+    with caplog.at_level(logging.WARNING, logger="model.train"):
+        resumed = train(TrainConfig(shards=str(shards), steps=4, lr=2e-3, resume=str(tmp_path / "step-2")))
+    assert resumed["steps"] == 2
+    assert "steps 2 -> 4" in caplog.text and "lr 0.001 -> 0.002" in caplog.text
+
+
+@pytest.mark.parametrize("damage, message", [("truncate", "cannot load the checkpoint"),
+                                             ("metadata", "no .metadata")])
+def test_a_damaged_checkpoint_is_one_line(shards, tmp_path, capsys, damage, message):
+    assert xdp_main(["smoke-train", "--shards", str(shards), "--steps", "2", "--checkpoint-dir", str(tmp_path)]) == 0
+    ckpt = tmp_path / "step-2"
+    if damage == "truncate":
+        for part in ckpt.glob("*.distcp"):
+            part.write_bytes(part.read_bytes()[:100])
+    else:
+        (ckpt / ".metadata").unlink()
+    assert xdp_main(["smoke-train", "--shards", str(shards), "--steps", "4", "--resume", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_rows_longer_than_the_context_are_refused_before_training(tmp_path, capsys):
+    rows = [[np.append(np.arange(3, 16_400 + 2), 2)]]  # one document of 16,400 tokens
+    write_shards(rows, tmp_path, sequence_length=16_400, vocab_size=VOCAB * 40, eos_id=2, pad_id=0)
+    assert xdp_main(["smoke-train", "--shards", str(tmp_path), "--steps", "2"]) == 2
+    assert "exceed preset tiny's context of 16384" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -144,6 +182,7 @@ def test_one_process_checkpoint_and_resume_without_warnings(shards, tmp_path):
     (["--fsdp"], "--fsdp"),
     (["--attention", "xformers"], "--attention"),
     (["--steps", "0"], "steps"),
+    (["--steps", "1"], "steps must be >= 2"),
     (["--grad-accum", "0"], "grad_accum"),
     (["--resume", "{missing}"], "no such checkpoint"),
     (["--lr", "nan"], "lr must be > 0"),
@@ -208,12 +247,17 @@ def test_resume_refuses_shards_of_another_tokenizer(shards, tmp_path, capsys):
 
 def test_schedule_and_verdict():
     cfg = TrainConfig(shards="x", steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
-    assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 9) == pytest.approx(1.0)
-    assert lr_at(cfg, 10) == pytest.approx(1.0) and lr_at(cfg, 100) == pytest.approx(0.1)
-    assert all(lr_at(cfg, s) >= lr_at(cfg, s + 1) for s in range(10, 100))
+    lrs = [lr_at(cfg, s) for s in range(100)]  # the steps a run takes: 0 .. 99
+    assert lrs[0] == pytest.approx(1 / 11) and lrs[9] == pytest.approx(10 / 11)
+    assert max(lrs) == lrs[10] == pytest.approx(1.0) and lrs.count(lrs[10]) == 1  # the peak, once
+    assert lrs[99] == pytest.approx(0.1)  # the last step ends the decay
+    assert all(a > b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lr_at(TrainConfig(shards="x", steps=2, lr=1.0, warmup_steps=0), 1) == pytest.approx(0.1)
     assert loss_fell({"losses": [5.0, 4.0], "first_loss": 5.0, "last_loss": 4.0})
     assert not loss_fell({"losses": [5.0, 5.5], "first_loss": 5.0, "last_loss": 5.5})
     assert not loss_fell({"losses": [5.0, float("nan"), 4.0], "first_loss": 5.0, "last_loss": 4.0})
+    assert "is nan at step 2" in loss_verdict({"losses": [5.0, float("nan"), 4.0], "first_loss": 5.0, "last_loss": 4.0})
+    assert "did not fall (5.0000 -> 5.5000" in loss_verdict({"losses": [5.0, 5.5], "first_loss": 5.0, "last_loss": 5.5})
 
 
 @pytest.fixture
@@ -235,7 +279,9 @@ def ray_cluster():
 
 @pytest.mark.slow
 def test_ray_train_two_cpu_workers_match_ddp(ddp_run, shards, tmp_path, ray_cluster):
-    summary, _ = smoke_train("--shards", str(shards), "--steps", "6", "--nproc", "2", "--ray",
-                             "--ray-address", ray_cluster, "--checkpoint-dir", str(tmp_path / "ray"))
+    """Relative paths, as typed: Ray Train's workers run in a directory of their own."""
+    summary, _ = smoke_train("--shards", os.path.relpath(shards, tmp_path), "--steps", "6", "--nproc", "2", "--ray",
+                             "--ray-address", ray_cluster, "--checkpoint-dir", "ray", cwd=tmp_path)
     assert summary["world_size"] == 2 and summary["replicas_in_sync"] is True
+    assert json.loads((tmp_path / "ray" / "step-6" / "train_state.json").read_text())["step"] == 6
     assert summary["losses"] == pytest.approx(ddp_run["losses"], rel=1e-5)
