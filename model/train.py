@@ -261,10 +261,6 @@ def preflight(cfg: TrainConfig, world_size: int) -> int:
     if len(dataset) < world_size:
         raise ConfigError(f"{cfg.shards}: {len(dataset)} sequences for {world_size} processes; every process "
                           "needs at least one")
-    per_rank = len(dataset) // world_size
-    if cfg.batch_size * cfg.grad_accum > per_rank:
-        log.warning("a step reads %d rows per process (--batch-size x --grad-accum) but a process holds %d: "
-                    "rows repeat within a step", cfg.batch_size * cfg.grad_accum, per_rank)
     return resume_step(cfg, world_size) if cfg.resume else 0
 
 
@@ -409,6 +405,9 @@ def train(cfg: TrainConfig) -> dict:
         if changes and world.rank == 0:
             log.warning("resuming with another schedule (%s): the losses will part from the uninterrupted "
                         "run's", ", ".join(changes))
+    if order.batch_size > len(dataset) and world.rank == 0:
+        log.warning("a step reads %d rows per process (--batch-size x --grad-accum) but rank 0 holds %d: rows "
+                    "repeat within a step", order.batch_size, len(dataset))
     step_fn = compile_packed(model) if cfg.compile else model
     on_gpu = world.device.type == "cuda"
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu and not cfg.fsdp
