@@ -72,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xdp: interrupted", file=sys.stderr)
         return 130
+    except BaseException as exc:
+        terminated = getattr(sys.modules.get("pipeline.ray_session"), "Terminated", None)
+        if terminated is None or not isinstance(exc, terminated):
+            raise
+        print("xdp: terminated (SIGTERM); completed steps are kept: rerun the same command to resume",
+              file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

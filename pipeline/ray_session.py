@@ -7,8 +7,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
+import signal
+import socket
+import sys
 import threading
 from typing import Iterator, Optional, Sequence
 
@@ -145,15 +149,78 @@ RELEASE_MEMORY_ENV = {
 }
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast (ConfigError) on an address no Ray can answer at: left to itself, `ray.init` retries
+    an unreachable GCS for about 14 minutes, and a malformed one is a traceback."""
+    from pipeline.config import ConfigError
+
+    if address in ("auto", "local"):
+        return
+    if address.startswith("ray://"):
+        if importlib.util.find_spec("grpc") is None:  # what `ray[client]` adds
+            raise ConfigError(f"Ray address {address}: Ray Client needs `pip install 'ray[client]'`; or run xdp on "
+                              "a cluster node with the GCS address (HEAD:6379) or `auto`")
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"Ray address {address!r}: expected HOST:PORT (the head's GCS, e.g. head:6379), "
+                          "ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"Ray address {address}: nothing answers there ({exc.strerror or exc}); is the head "
+                          "node up, and is this its GCS port?") from None
+
+
 @contextlib.contextmanager
 def _own_ray(cfg: RayConfig, writes: Optional[str], reads: Sequence[str]) -> Iterator[RaySession]:
-    """Join the cluster `cfg` names, or start a local Ray; shut down on exit."""
+    """Join the cluster `cfg` names, or start a local Ray; shut down on exit.
+
+    While the session lasts, stdout goes to stderr: Ray's driver prints its warnings ("N PYTHON
+    worker processes have been started") to stdout, which would corrupt a command's `--json`; every
+    command prints its results after its session ends."""
+    with contextlib.redirect_stdout(sys.stderr), _start_ray(cfg) as address, _terminate_cleanly():
+        session = RaySession(owned=True)
+        try:
+            if address:
+                check_cluster(writes, reads)
+            yield session
+        finally:
+            session._close()
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived while the job ran on Ray: ends it like Ctrl-C (a BaseException, so no handler of
+    bad records swallows it), with a message and exit 143."""
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """SIGTERM as an exception in the driver, so the session shuts its Ray down and the CLI says how to
+    resume. Installed after `ray.init`, which sets handlers of its own (exit 15 and a C++ stack dump)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _start_ray(cfg: RayConfig) -> Iterator[Optional[str]]:
+    """`ray.init` for `cfg`; yields the cluster address joined (None: a local Ray was started)."""
     import ray
 
     address = cluster_address(cfg)
     kwargs = dict(log_to_driver=False, configure_logging=False, include_dashboard=False)
     worker_env = RELEASE_MEMORY_ENV if cfg.release_memory else {}
     if address:
+        check_reachable(address)
         log.info("joining Ray cluster at %s", address)
         if worker_env:  # the job's runtime env: Ray sets it in every worker it starts for this job
             kwargs["runtime_env"] = {"env_vars": dict(worker_env)}
@@ -174,13 +241,7 @@ def _own_ray(cfg: RayConfig, writes: Optional[str], reads: Sequence[str]) -> Ite
         # env, which made each worker start wait for Ray's runtime-env agent (the demo: 61 s -> 80 s).
         with _environ(worker_env):
             ray.init(address="local", **kwargs)  # "local": never silently join another Ray on this host
-    session = RaySession(owned=True)
-    try:
-        if address:
-            check_cluster(writes, reads)
-        yield session
-    finally:
-        session._close()
+    yield address
 
 
 def lost_resources(exc: BaseException) -> bool:

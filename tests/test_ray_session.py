@@ -146,3 +146,55 @@ def test_ray_flags_override_only_what_they_name():
     for bad in ("0", "-1", "two"):
         with pytest.raises(SystemExit):
             p.parse_args(["--num-cpus", bad])
+
+
+_STDOUT_AND_SIGTERM_PROBE = """
+import os, signal
+import ray
+from pipeline.config import RayConfig
+from pipeline.ray_session import Terminated, ray_session
+
+try:
+    with ray_session(RayConfig(num_cpus=1, object_store_memory=80 * 2**20)):
+        print("said inside the session")
+        os.kill(os.getpid(), signal.SIGTERM)
+        ray.get(ray.remote(lambda: 1).remote())
+except Terminated:
+    print("terminated; ray up:", ray.is_initialized())
+"""
+
+
+def test_an_owned_session_keeps_stdout_clean_and_turns_sigterm_into_an_exception():
+    """Ray prints its driver warnings to stdout (a `--json` result would not parse), and its SIGTERM
+    handler exits 15 with a C++ stack; inside a session xdp owns, stdout goes to stderr and SIGTERM
+    raises Terminated after Ray is shut down."""
+    out = subprocess.run([sys.executable, "-c", _STDOUT_AND_SIGTERM_PROBE], capture_output=True, text=True,
+                         timeout=180, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["terminated; ray up: False"]
+    assert "said inside the session" in out.stderr
+
+
+@pytest.mark.parametrize("address, message", [
+    ("notanaddress", "expected HOST:PORT"),
+    ("127.0.0.1:notaport", "expected HOST:PORT"),
+    ("127.0.0.1:{closed}", "nothing answers there"),
+    ("no-such-host.invalid:6379", "nothing answers there"),
+])
+def test_an_address_no_ray_answers_at_fails_fast(address, message):
+    """`ray.init` would retry an unreachable address for about 14 minutes."""
+    import socket
+    import time
+
+    from pipeline.config import ConfigError
+    from pipeline.ray_session import check_reachable
+
+    with socket.socket() as probe:  # a port nothing listens on: bound, then closed
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=message):
+        check_reachable(address.format(closed=closed), timeout=2)
+    assert time.monotonic() - started < 30
+    with socket.create_server(("127.0.0.1", 0)) as server:  # something listening: passes
+        check_reachable(f"127.0.0.1:{server.getsockname()[1]}")
