@@ -72,6 +72,7 @@ def run_job(cfg: Config, steps=STEPS, overwrite: bool = False) -> dict:
             todo.append(step)
     if not todo:
         return summary
+    _check_step_inputs(out, todo)
     driver_peaks: dict[str, int] = {}
     # What the cluster check probes; listing the inputs again is only worth it when joining a cluster.
     reads = first_local_files(list_input_files(cfg)) if "clean" in todo and cluster_address(cfg.ray) else []
@@ -88,6 +89,18 @@ def run_job(cfg: Config, steps=STEPS, overwrite: bool = False) -> dict:
             update_timings(out, "driver_peak_rss_bytes", driver_peaks)
             state.finish(step, summary[step])
     return summary
+
+
+def _check_step_inputs(out: Path, todo: list[str]) -> None:
+    """Before Ray starts: what the first step to run reads must be there, or be made by a step before it."""
+    from pipeline.config import ConfigError
+
+    if "clean" not in todo and not any((out / "cleaned").glob("**/*.parquet")):
+        raise ConfigError(f"step `{todo[0]}` reads the clean step's output, but {out / 'cleaned'} holds no Parquet "
+                          "files: run the clean step first (`xdp run` without --steps, or --steps clean)")
+    if "mix" in todo and "tokenizer" not in todo and not (out / "tokenizer" / "tokenizer.json").is_file():
+        raise ConfigError(f"step `mix` reads the tokenizer in {out / 'tokenizer'}, which has no tokenizer.json: "
+                          "train it first (the tokenizer step; tokenizer.enabled: false only reuses one)")
 
 
 def _run_step(cfg: Config, step: str, fingerprint: str) -> dict:
@@ -133,12 +146,15 @@ def cmd_clean(args) -> int:
 
 def cmd_run(args) -> int:
     cfg = _load(args)
-    steps = tuple(s.strip() for s in args.steps.split(",")) if args.steps else STEPS
+    from pipeline.config import ConfigError
+
+    steps = tuple(s.strip() for s in args.steps.split(",")) if args.steps is not None else STEPS
     unknown = sorted(set(steps) - set(STEPS))
     if unknown:
-        from pipeline.config import ConfigError
-
         raise ConfigError(f"--steps: unknown step {unknown[0]!r} (one of {', '.join(STEPS)})")
+    disabled = [s for s in steps if s != "clean" and not getattr(cfg, _SECTION[s]).enabled]
+    if args.steps is not None and disabled:
+        raise ConfigError(f"--steps {disabled[0]}: the config disables it ({_SECTION[disabled[0]]}.enabled: false)")
     summary = run_job(cfg, steps, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2, default=str))
     print(f"outputs in {cfg.output}")

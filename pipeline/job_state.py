@@ -9,7 +9,7 @@ the step before it. Under `<output>/_job/`:
                           with the step's summary; its presence is what "completed" means
 
 A rerun skips every step whose done marker carries the current fingerprint (and whose outputs are
-still there). A marker with another fingerprint means the directory holds outputs of a different
+still there, its result file -- stats.json, tokenizer.json, the shards' manifest -- unchanged since). A marker with another fingerprint means the directory holds outputs of a different
 config or input: the job refuses, names the fields that changed, and runs only when told
 `--overwrite` (which redoes that step and every step after it).
 
@@ -37,11 +37,16 @@ STEPS = ("clean", "tokenizer", "mix")
 STEP_SECTIONS = {"clean": ("inputs", "read", "write", "langid", "dedup"), "tokenizer": ("tokenizer",),
                  "mix": ("mixing",)}
 # Fields no output byte depends on.
-NEUTRAL_FIELDS = {"output", "ray", "write.keep_work_dir", "read.batch_size", "langid.batch_size"}
+NEUTRAL_FIELDS = {"output", "ray", "write.keep_work_dir", "read.batch_size", "langid.batch_size",
+                  "tokenizer.enabled", "mixing.enabled"}  # these choose which steps run, not their bytes
 # What a completed step leaves under the output directory; all must exist for a skip.
 STEP_OUTPUTS = {"clean": ("cleaned", "quarantine", "duplicates", "stats.json"),
                 "tokenizer": ("tokenizer/tokenizer.json", "tokenizer/training_report.json"),
                 "mix": ("shards/manifest.json", "report")}
+
+# The file that names a completed step's result: hashed in its done marker, so a result another command
+# replaced since (`xdp mix --out`, `xdp train-tokenizer --output` into the job's directory) is redone.
+STEP_RESULT = {"clean": "stats.json", "tokenizer": "tokenizer/tokenizer.json", "mix": "shards/manifest.json"}
 
 # Everything a job writes directly under its output directory.
 OUTPUT_ENTRIES = frozenset({p.split("/")[0] for paths in STEP_OUTPUTS.values() for p in paths}
@@ -168,7 +173,17 @@ class JobState:
         if missing:
             log.warning("%s: completed earlier, but %s is gone; running it again", step, self.out / missing[0])
             return None
+        if marker.get("result_sha256", self._result_sha256(step)) != self._result_sha256(step):
+            log.warning("%s: completed earlier, but %s was replaced since (by another command?); running it again",
+                        step, self.out / STEP_RESULT[step])
+            return None
         return marker
+
+    def _result_sha256(self, step: str) -> Optional[str]:
+        try:
+            return hashlib.sha256((self.out / STEP_RESULT[step]).read_bytes()).hexdigest()
+        except OSError:
+            return None
 
     def check(self, overwrite: bool = False) -> None:
         """Refuse (ConfigError, before Ray starts) if the output holds another config's work, unless `overwrite`."""
@@ -210,7 +225,8 @@ class JobState:
 
     def finish(self, step: str, summary: dict) -> None:
         """Call after the step's outputs are in place: from now on a rerun skips it."""
-        write_bytes_atomic(self._marker(step, "done"), json_bytes({**self.records[step], "summary": summary}))
+        write_bytes_atomic(self._marker(step, "done"), json_bytes({**self.records[step], "summary": summary,
+                                                                    "result_sha256": self._result_sha256(step)}))
 
 
 class WorkDir:

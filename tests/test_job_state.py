@@ -52,11 +52,11 @@ def test_completed_steps_are_found_and_changed_config_is_refused(inputs, tmp_pat
     out = tmp_path / "out"
     state = JobState(_cfg(inputs, out))
     assert state.done("clean") is None
-    _finish_all(state)
     for name in ("cleaned", "quarantine", "duplicates", "tokenizer", "shards", "report"):
-        (out / name).mkdir(exist_ok=True)
+        (out / name).mkdir(parents=True, exist_ok=True)
     for name in ("stats.json", "tokenizer/tokenizer.json", "tokenizer/training_report.json", "shards/manifest.json"):
         (out / name).write_text("{}")
+    _finish_all(state)
     again = JobState(_cfg(inputs, out))
     again.check()
     assert again.done("mix")["summary"] == {"step": "mix"}
@@ -138,3 +138,36 @@ def test_a_changed_input_field_is_named_in_the_refusal(inputs, tmp_path):
     changed.inputs[1].text_field = "content"  # b.jsonl (books): first in the canonical order
     with pytest.raises(ConfigError, match=r"Changed: inputs\[0\].text_field: \"text\" -> \"content\"\."):
         JobState(changed).check()
+
+
+def test_a_result_another_command_replaced_is_redone(inputs, tmp_path):
+    """`xdp mix --out` or `xdp train-tokenizer --output` into a job's directory replace a completed
+    step's result: the next `xdp run` redoes that step instead of reporting the old numbers."""
+    out = tmp_path / "out"
+    state = JobState(_cfg(inputs, out))
+    for name in ("cleaned", "quarantine", "duplicates", "tokenizer", "shards", "report"):
+        (out / name).mkdir(parents=True, exist_ok=True)
+    for name in ("stats.json", "tokenizer/tokenizer.json", "tokenizer/training_report.json", "shards/manifest.json"):
+        (out / name).write_text("{}")
+    _finish_all(state)
+    (out / "shards" / "manifest.json").write_text('{"seed": 7}')
+    again = JobState(_cfg(inputs, out))
+    assert again.done("mix") is None and again.done("tokenizer") is not None and again.done("clean") is not None
+
+
+def test_switching_a_step_off_is_not_a_config_change(inputs, tmp_path):
+    base = JobState(_cfg(inputs, tmp_path))
+    off = JobState(_cfg(inputs, tmp_path, tokenizer={"enabled": False}, mixing={"enabled": False}))
+    assert off.records == base.records
+
+
+def test_a_step_run_alone_needs_its_inputs_before_ray_starts(inputs, tmp_path):
+    from pipeline.commands import run_job
+
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=r"step `mix` reads the clean step's output"):
+        run_job(_cfg(inputs, out), ("mix",))
+    (out / "cleaned" / "category=web").mkdir(parents=True)
+    (out / "cleaned" / "category=web" / "part-0.parquet").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"tokenizer.enabled: false only reuses one"):
+        run_job(_cfg(inputs, out, tokenizer={"enabled": False}))
