@@ -177,7 +177,17 @@ class JobState:
             log.warning("%s: completed earlier, but %s was replaced since (by another command?); running it again",
                         step, self.out / STEP_RESULT[step])
             return None
+        if step == "mix" and self._manifest_tokenizer() != self._result_sha256("tokenizer"):
+            log.warning("mix: completed earlier with another tokenizer than %s; running it again",
+                        self.out / STEP_RESULT["tokenizer"])
+            return None
         return marker
+
+    def _manifest_tokenizer(self) -> Optional[str]:
+        try:
+            return json.loads((self.out / STEP_RESULT["mix"]).read_text("utf-8")).get("tokenizer_sha256")
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def _result_sha256(self, step: str) -> Optional[str]:
         try:

@@ -1,6 +1,7 @@
 """Fingerprints, completion markers and scratch reuse (`pipeline.job_state`), without Ray."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -21,6 +22,16 @@ def _cfg(inputs, out, **sections):
                        {"path": str(inputs / "b.jsonl"), "category": "books"}],
             "output": str(out), **sections}
     return config_from_dict(data)
+
+
+def _write_results(out) -> None:
+    """What the steps leave: a manifest naming the tokenizer that made it."""
+    for name in ("cleaned", "quarantine", "duplicates", "tokenizer", "shards", "report"):
+        (out / name).mkdir(parents=True, exist_ok=True)
+    for name in ("stats.json", "tokenizer/tokenizer.json", "tokenizer/training_report.json"):
+        (out / name).write_text("{}")
+    manifest = {"tokenizer_sha256": hashlib.sha256(b"{}").hexdigest()}
+    (out / "shards" / "manifest.json").write_text(json.dumps(manifest))
 
 
 def _finish_all(state: JobState) -> None:
@@ -52,10 +63,7 @@ def test_completed_steps_are_found_and_changed_config_is_refused(inputs, tmp_pat
     out = tmp_path / "out"
     state = JobState(_cfg(inputs, out))
     assert state.done("clean") is None
-    for name in ("cleaned", "quarantine", "duplicates", "tokenizer", "shards", "report"):
-        (out / name).mkdir(parents=True, exist_ok=True)
-    for name in ("stats.json", "tokenizer/tokenizer.json", "tokenizer/training_report.json", "shards/manifest.json"):
-        (out / name).write_text("{}")
+    _write_results(out)
     _finish_all(state)
     again = JobState(_cfg(inputs, out))
     again.check()
@@ -145,14 +153,15 @@ def test_a_result_another_command_replaced_is_redone(inputs, tmp_path):
     step's result: the next `xdp run` redoes that step instead of reporting the old numbers."""
     out = tmp_path / "out"
     state = JobState(_cfg(inputs, out))
-    for name in ("cleaned", "quarantine", "duplicates", "tokenizer", "shards", "report"):
-        (out / name).mkdir(parents=True, exist_ok=True)
-    for name in ("stats.json", "tokenizer/tokenizer.json", "tokenizer/training_report.json", "shards/manifest.json"):
-        (out / name).write_text("{}")
+    _write_results(out)
     _finish_all(state)
-    (out / "shards" / "manifest.json").write_text('{"seed": 7}')
+    manifest = json.loads((out / "shards" / "manifest.json").read_text())
+    (out / "shards" / "manifest.json").write_text(json.dumps({**manifest, "seed": 7}))
     again = JobState(_cfg(inputs, out))
     assert again.done("mix") is None and again.done("tokenizer") is not None and again.done("clean") is not None
+    _finish_all(again)  # mix redone; then a tokenizer replaced under it: both are redone
+    (out / "tokenizer" / "tokenizer.json").write_text('{"vocab": 2000}')
+    assert again.done("tokenizer") is None and again.done("mix") is None
 
 
 def test_switching_a_step_off_is_not_a_config_change(inputs, tmp_path):
