@@ -16,7 +16,7 @@ examples:
   xdp smoke-train --shards out/shards --nproc 2                  # two local processes, DDP (gloo on CPU)
   xdp smoke-train --shards out/shards --nproc 2 --fsdp           # the same with FSDP2
   torchrun --nproc_per_node 8 -m pipeline.cli smoke-train --shards out/shards --preset proxy-1b
-  xdp smoke-train --shards /shared/shards --ray --nproc 16 --ray-address auto
+  xdp smoke-train --shards /shared/shards --ray --nproc 16 --address auto
 
 The last stdout line is a JSON summary {first_loss, last_loss, steps, tokens_per_s, backend,
 world_size, device, ...}. Exit status: 0 when the loss fell; 1 when it is not finite or did not fall
@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="processes on this host (or Ray workers with --ray); ignored under torchrun (default: 1)")
     p.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP2 instead of replicating with DDP")
     p.add_argument("--ray", action="store_true", help="run the workers through Ray Train's TorchTrainer")
-    p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--address", "--ray-address", dest="ray_address", default=None,
+                   help="Ray cluster to join with --ray (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--attention", default="auto",
                    help="flash, varlen, cudnn or cudnn_fe (both self-checked first), sdpa_mask, sdpa_docs or auto (default: flash, "
                         "else varlen on CUDA; sdpa_docs on CPU)")

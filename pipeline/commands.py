@@ -184,6 +184,8 @@ def claim_demo_output(out: Path, overwrite: bool) -> None:
     from pipeline.config import ConfigError
     from pipeline.write import write_bytes_atomic
 
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} exists and is not a directory")
     tag = out / "_job" / "demo"
     if not (overwrite or tag.exists() or _demo_inputs(out / "_job")) and any((out / "_job").glob("*.json")):
         raise ConfigError(f"--output {out} holds the outputs of another job, not of `xdp demo`; use another "

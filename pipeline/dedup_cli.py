@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = validate_dedup(DedupConfig(exact=not args.no_exact, near=not args.no_near, threshold=args.threshold,
                                      num_perm=args.num_perm, ngram=args.ngram, char_ngram=args.char_ngram,
                                      seed=args.seed, num_partitions=args.num_partitions))
+    if args.no_exact and args.no_near:
+        raise ConfigError("--no-exact with --no-near leaves nothing to do")
     if not os.path.isfile(args.input):
         raise ConfigError(f"input: no such file: {args.input}")
     out = Path(args.output)

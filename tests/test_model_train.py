@@ -281,7 +281,7 @@ def ray_cluster():
 def test_ray_train_two_cpu_workers_match_ddp(ddp_run, shards, tmp_path, ray_cluster):
     """Relative paths, as typed: Ray Train's workers run in a directory of their own."""
     summary, _ = smoke_train("--shards", os.path.relpath(shards, tmp_path), "--steps", "6", "--nproc", "2", "--ray",
-                             "--ray-address", ray_cluster, "--checkpoint-dir", "ray", cwd=tmp_path)
+                             "--address", ray_cluster, "--checkpoint-dir", "ray", cwd=tmp_path)
     assert summary["world_size"] == 2 and summary["replicas_in_sync"] is True
     assert json.loads((tmp_path / "ray" / "step-6" / "train_state.json").read_text())["step"] == 6
     assert summary["losses"] == pytest.approx(ddp_run["losses"], rel=1e-5)

@@ -107,6 +107,24 @@ def test_cli_reports_missing_files_without_a_traceback(capsys):
     assert "config file not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["dedup", "{tmp}/in.jsonl", "{tmp}/out", "--no-exact", "--no-near"], "leaves nothing to do"),
+    (["demo", "--output", "{tmp}/in.jsonl"], "exists and is not a directory"),
+    (["run", "--config", "{tmp}/job.yaml", "--steps", ""], "unknown step ''"),
+    (["run", "--config", "{tmp}/job.yaml", "--steps", "tokenizer"], "the config disables it"),
+])
+def test_cli_commands_that_could_do_nothing_or_the_wrong_thing_say_so(tmp_path, capsys, argv, message):
+    """Refused with one line (exit 2) before any work starts."""
+    from pipeline.cli import main
+
+    (tmp_path / "in.jsonl").write_text('{"id": 1, "text": "x"}\n')
+    (tmp_path / "job.yaml").write_text(f"inputs: [{{path: {tmp_path}/in.jsonl, category: web}}]\n"
+                                       f"output: {tmp_path}/out\ntokenizer: {{enabled: false}}\n")
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or argv[0] == "dedup"
+
+
 @pytest.mark.parametrize("section", ["tokenizer", "mixing"])
 @pytest.mark.parametrize("share, message", [(-5, "share must be a non-negative number, got -5"),
                                             (".nan", "got nan"), ("many", "got 'many'")])
