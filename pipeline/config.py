@@ -349,14 +349,29 @@ def validate(cfg: Config) -> Config:
         _check_range("ray.block_mb", cfg.ray.block_mb, 1)
     validate_tokenizer(cfg.tokenizer)
     _check_range("mixing.max_epochs", cfg.mixing.max_epochs, 0.0, lo_open=True)
-    _check_range("mixing.sequence_length", cfg.mixing.sequence_length, 2)
+    _check_range("mixing.sequence_length", cfg.mixing.sequence_length, 2, 2**31 - 1)  # cu_seqlens are int32
     _check_range("mixing.sequences_per_shard", cfg.mixing.sequences_per_shard, 1)
     _check_range("mixing.pack_window_sequences", cfg.mixing.pack_window_sequences, 1)
+    _check_packing_memory(cfg.mixing)
     _check_range("mixing.seed", cfg.mixing.seed, 0, SEED_MAX)
     if cfg.mixing.total_tokens is not None:  # less than one sequence would pack into no shard at all
         _check_range("mixing.total_tokens", cfg.mixing.total_tokens, cfg.mixing.sequence_length)
     _check_ratios("mixing.ratios", cfg.mixing.ratios)
     return cfg
+
+
+def _check_packing_memory(mixing: MixingConfig) -> None:
+    """The driver holds a shard's rows and the packing window's tokens (4 bytes each): a size that
+    cannot fit is refused here, not met as a MemoryError after the steps before the mix."""
+    need = (mixing.sequences_per_shard + mixing.pack_window_sequences) * mixing.sequence_length * 4
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on Linux/macOS: nothing to compare with
+        return
+    if need > ram // 2:
+        raise ConfigError(f"mixing: (sequences_per_shard {mixing.sequences_per_shard} + pack_window_sequences "
+                          f"{mixing.pack_window_sequences}) x sequence_length {mixing.sequence_length} tokens need "
+                          f"{need / 2**30:.1f} GiB on the driver, more than half of its {ram / 2**30:.1f} GiB")
 
 
 def _resolve_paths(cfg: Config, base: Path) -> None:
