@@ -13,7 +13,8 @@ from mixing.ratios import load_ratios
 from pipeline.config import Config, ConfigError, RayConfig, TokenizerConfig, validate_tokenizer
 from pipeline.ray_session import ray_session
 from tokenizer_training.census import census_head_start
-from tokenizer_training.memory import PeakRSS, affordable_sample_bytes, current_rss, default_max_memory
+from tokenizer_training.memory import (DRIVER_ALLOWANCE_BYTES, PeakRSS, affordable_sample_bytes, current_rss,
+                                       default_max_memory)
 from tokenizer_training.sample_ray import run_census, stream_sample
 from tokenizer_training.sampling import SKIPPED, SamplePlan, Tally, plan_sample, target_shares
 from tokenizer_training.sources import list_input_files
@@ -23,12 +24,12 @@ log = logging.getLogger(__name__)
 
 
 def _capped_sample_bytes(requested: int, max_memory: int) -> int:
-    """The requested sample, or the largest whose predicted training peak fits `max_memory`."""
-    base = current_rss()
-    affordable = affordable_sample_bytes(max_memory, base)
+    """The requested sample, or the largest whose predicted training peak fits `max_memory`: a function
+    of the two settings alone, so a rerun trains on the same sample."""
+    affordable = affordable_sample_bytes(max_memory)
     if affordable <= 0:
-        raise ConfigError(f"tokenizer.max_memory: {max_memory:,} bytes leaves no room for a sample "
-                          f"(this process alone uses {base:,})")
+        raise ConfigError(f"tokenizer.max_memory: {max_memory:,} bytes leaves no room for a sample (the driver "
+                          f"itself is allowed {DRIVER_ALLOWANCE_BYTES:,})")
     if affordable < requested:
         log.warning("memory guard: sample capped at %s bytes (asked %s) to stay within max_memory=%s",
                     f"{affordable:,}", f"{requested:,}", f"{max_memory:,}")
@@ -73,6 +74,7 @@ def train_tokenizer(inputs: list[str] | str, output_dir: str, tok_cfg: Tokenizer
     languages = frozenset(ratios.languages)
     shares = target_shares(ratios, tok_cfg.temperature)
     max_memory = tok_cfg.max_memory or default_max_memory()
+    sample_bytes = _capped_sample_bytes(tok_cfg.sample_bytes, max_memory)  # before Ray starts
     started = time.perf_counter()
     # The driver censuses the input while a local Ray starts, leaving one core to Ray's daemons: on 2
     # cores, the first sampled block came at 3.0-3.2 s with one thread, 3.4-4.3 s with two, 3.9-5.2 s
@@ -82,7 +84,9 @@ def train_tokenizer(inputs: list[str] | str, output_dir: str, tok_cfg: Tokenizer
             ray_session(ray_cfg, reads=files[:1]) as session:
         census = run_census(files, languages, head_start)
         census_s = time.perf_counter() - started
-        sample_bytes = _capped_sample_bytes(tok_cfg.sample_bytes, max_memory)
+        if current_rss() > DRIVER_ALLOWANCE_BYTES:
+            log.warning("the driver already holds %.0f MiB, more than the %.0f MiB set aside for it: training may "
+                        "peak above max_memory", current_rss() / 2**20, DRIVER_ALLOWANCE_BYTES / 2**20)
         available = {b: census.buckets.bytes.get(b, 0) for b in shares}
         plan = plan_sample(shares, available, sample_bytes, tok_cfg.seed)
         if plan.planned_bytes == 0:

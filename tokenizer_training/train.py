@@ -89,7 +89,9 @@ def tokenizer_json_bytes(tok: Tokenizer) -> bytes:
     return tok.to_str(pretty=True).encode("utf-8")
 
 
-RUN_VARYING = ("time_s", "peak_rss_bytes")  # report fields that differ between identical runs
+# Report fields that differ between identical runs, or between drivers (the default max_memory is half of
+# the driver's RAM): kept out of training_report.json, whose bytes follow from the config and the input.
+RUN_VARYING = ("time_s", "peak_rss_bytes", "max_memory_bytes")
 
 
 def save_tokenizer_dir(out_dir: str | os.PathLike, tok: Tokenizer, report: dict,
