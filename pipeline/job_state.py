@@ -38,7 +38,9 @@ STEP_SECTIONS = {"clean": ("inputs", "read", "write", "langid", "dedup"), "token
                  "mix": ("mixing",)}
 # Fields no output byte depends on.
 NEUTRAL_FIELDS = {"output", "ray", "write.keep_work_dir", "read.batch_size", "langid.batch_size",
-                  "tokenizer.enabled", "mixing.enabled"}  # these choose which steps run, not their bytes
+                  "tokenizer.enabled", "mixing.enabled",  # these choose which steps run, not their bytes
+                  # how dedup is spread over tasks, and its safety bound: the survivors do not depend on them
+                  "dedup.num_partitions", "dedup.partition_chars", "dedup.partition_docs", "dedup.max_iterations"}
 # What a completed step leaves under the output directory; all must exist for a skip.
 STEP_OUTPUTS = {"clean": ("cleaned", "quarantine", "duplicates", "stats.json"),
                 "tokenizer": ("tokenizer/tokenizer.json", "tokenizer/training_report.json"),

@@ -43,7 +43,8 @@ def _finish_all(state: JobState) -> None:
 def test_neutral_fields_and_input_order_do_not_change_fingerprints(inputs, tmp_path):
     base = JobState(_cfg(inputs, tmp_path / "o1"))
     other = _cfg(inputs, tmp_path / "o2", ray={"num_cpus": 4, "address": "ray://x:1"},
-                 read={"batch_size": 7}, langid={"batch_size": 9}, write={"keep_work_dir": True})
+                 read={"batch_size": 7}, langid={"batch_size": 9}, write={"keep_work_dir": True},
+                 dedup={"num_partitions": 7, "partition_chars": 10**6, "partition_docs": 99, "max_iterations": 9})
     other.inputs.reverse()
     assert JobState(other).records == base.records
     assert job_config(other) == job_config(_cfg(inputs, tmp_path / "o3"))
