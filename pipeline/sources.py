@@ -1,9 +1,10 @@
 """Expand configured input sources (file, directory, glob or URI) into a sorted list of files.
 
 Listing happens on the driver and touches only names, so it is cheap and deterministic: files are
-sorted within each source, and a document's `source` name is its path relative to the source's root
-(to the root of all sources where two sources' names would clash), so ids derived from it do not
-depend on where the corpus is mounted. A file listed by two sources is refused: it would be read twice.
+sorted within each source, and a document's `source` name is its path below the source's root -- the
+directory a directory source names, the part of a glob before its first wildcard, a file's own
+directory -- (below the root of all sources where two sources' names would clash), so ids derived from
+it depend neither on where the corpus is mounted nor on whether `dir/` or `dir/*.jsonl` names it. A file listed by two sources is refused: it would be read twice.
 
 Nothing that a source matches is dropped silently. A glob keeps every match that is not a plain
 directory -- a dangling symlink, a symlink loop or a directory named like a record file is listed, and
@@ -126,7 +127,7 @@ def _list_local(path: str) -> tuple[list[str], str, bool]:
         for dirpath, dirnames, filenames in os.walk(path, followlinks=False, onerror=_walk_error):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(_NOT_DATA))
             files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(_NOT_DATA))
-        return files, os.path.dirname(os.path.abspath(path).rstrip("/")), True
+        return files, os.path.abspath(path), True
     return [path], os.path.dirname(os.path.abspath(path)), False
 
 
@@ -144,7 +145,7 @@ def _list_remote(url: str) -> tuple[list[str], str, bool]:
         below = path.rstrip("/") + "/"
         names = [n for n in fs.find(path) if not any(part.startswith(_NOT_DATA)
                                                       for part in n.removeprefix(below).split("/"))]
-        root = os.path.dirname(path.rstrip("/"))
+        root = path.rstrip("/")
     else:
         names = [path]
         root = os.path.dirname(path)

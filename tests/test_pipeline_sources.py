@@ -21,8 +21,11 @@ def _sources(tmp_path, *paths: str) -> list[str]:
 
 def test_names_are_relative_to_each_source_when_they_do_not_clash(tmp_path):
     _files(tmp_path, "corpus/web/a.jsonl", "corpus/web/b.jsonl", "corpus/books/c.jsonl.gz", "d.parquet")
-    assert _sources(tmp_path, "corpus/web", "corpus/books/*.gz", "d.parquet") == [
-        "web/a.jsonl", "web/b.jsonl", "c.jsonl.gz", "d.parquet"]
+    assert _sources(tmp_path, "corpus/books", "corpus/web/*.jsonl", "d.parquet") == [
+        "c.jsonl.gz", "a.jsonl", "b.jsonl", "d.parquet"]
+    # one file, named by its directory, a glob or itself: one name, so records without ids get one id
+    assert _sources(tmp_path, "corpus/web") == _sources(tmp_path, "corpus/web/*") == ["a.jsonl", "b.jsonl"]
+    assert _sources(tmp_path, "corpus/web/a.jsonl") == ["a.jsonl"]
 
 
 def test_clashing_names_are_taken_from_the_root_of_all_sources(tmp_path):
@@ -46,7 +49,7 @@ def test_a_path_that_exists_is_literal_even_with_glob_characters(tmp_path):
     # As a pattern, dump[1].jsonl matches dump1.jsonl: another file would be read in its place.
     _files(tmp_path, "br/dump[1].jsonl", "br/dump1.jsonl", "br/set[a]/x.jsonl")
     assert _sources(tmp_path, "br/dump[1].jsonl") == ["dump[1].jsonl"]
-    assert _sources(tmp_path, "br/set[a]") == ["set[a]/x.jsonl"]
+    assert _sources(tmp_path, "br/set[a]") == ["x.jsonl"]
     assert _sources(tmp_path, "br/dump[0-9].jsonl") == ["dump1.jsonl"]  # not a name: still a pattern
 
 
@@ -54,7 +57,7 @@ def test_hidden_and_underscore_directories_are_not_data(tmp_path):
     # Spark/Hadoop leave partial attempts under _temporary/; a checkout has .git/.
     _files(tmp_path, "data/a.jsonl", "data/.git/b.jsonl", "data/_temporary/0/c.jsonl", "data/sub/d.jsonl",
            "data/sub/_e.jsonl")
-    assert _sources(tmp_path, "data") == ["data/a.jsonl", "data/sub/d.jsonl"]
+    assert _sources(tmp_path, "data") == ["a.jsonl", "sub/d.jsonl"]
     assert _sources(tmp_path, "data/**/*.jsonl") == ["a.jsonl", "sub/_e.jsonl", "sub/d.jsonl"]
     assert _sources(tmp_path, "data/_temporary/*/*.jsonl") == ["0/c.jsonl"]  # named in the pattern: read
 
@@ -65,7 +68,7 @@ def test_a_file_one_source_reaches_under_two_names_is_read_once(tmp_path, caplog
     _files(tmp_path, "d/a.jsonl")
     (tmp_path / "d" / "link_a.jsonl").symlink_to(tmp_path / "d" / "a.jsonl")
     (tmp_path / "d" / "gone.jsonl").symlink_to(tmp_path / "d" / "missing.jsonl")  # dangles: listed, quarantined
-    assert _sources(tmp_path, "d") == ["d/a.jsonl", "d/gone.jsonl"]
+    assert _sources(tmp_path, "d") == ["a.jsonl", "gone.jsonl"]
     assert _sources(tmp_path, "d/*.jsonl") == ["a.jsonl", "gone.jsonl"]
     assert "link_a.jsonl is" in caplog.text and "read once" in caplog.text
 
@@ -100,6 +103,6 @@ def test_a_set_format_reads_the_records_of_a_directory_not_its_card(tmp_path):
                      output=str(tmp_path / "_out"))
         return [(f.source, f.format) for f in list_input_files(cfg)]
 
-    assert listed("hf", "parquet") == [("hf/part-00000", "parquet"), ("hf/train.parquet", "parquet")]
+    assert listed("hf", "parquet") == [("part-00000", "parquet"), ("train.parquet", "parquet")]
     assert listed("hf/*.json", "parquet") == [("dataset_info.json", "parquet")]  # named by the config: read
-    assert listed("hf", None) == [("hf/dataset_info.json", "jsonl"), ("hf/train.parquet", "parquet")]
+    assert listed("hf", None) == [("dataset_info.json", "jsonl"), ("train.parquet", "parquet")]

@@ -268,16 +268,17 @@ def _plant_unopenable(c: Corpus, folder: Path, prefix: str) -> None:
 
 
 def _plant_glob_source(c: Corpus) -> None:
-    """inputs[1]: the glob g/**/*.jsonl, category web. Sources are relative to g/."""
+    """inputs[1]: the glob g/**/*.jsonl, category web. Below their own roots, d/dup.jsonl and g/dup.jsonl
+    are both dup.jsonl: so every source is named below the root of all inputs."""
     g = c.root / "g"
-    c.jsonl(g / "sub" / "deep.jsonl", "sub/deep.jsonl", [_doc(c, "deep-1"), _doc(c, "deep-2")])
+    c.jsonl(g / "sub" / "deep.jsonl", "g/sub/deep.jsonl", [_doc(c, "deep-1"), _doc(c, "deep-2")])
     os.symlink("..", g / "sub" / "up")  # a directory loop: g/sub/up/sub/up/... must not be walked
-    _plant_unopenable(c, g, "")
+    _plant_unopenable(c, g, "g/")
     (g / "y.jsonl").mkdir()  # matched by the glob but not a file: one read_error row
-    c.file_error(g / "y.jsonl", "y.jsonl")
-    c.jsonl(g / "dup.jsonl", "dup.jsonl", [_doc(c, "dup-1", c.dup_text)])  # the exact duplicate, second copy
-    c.dup_pair = c.dup_pair + (("dup.jsonl", 1),)
-    c.jsonl(g / "ids.jsonl", "ids.jsonl", [_doc(c, "reused-id")])
+    c.file_error(g / "y.jsonl", "g/y.jsonl")
+    c.jsonl(g / "dup.jsonl", "g/dup.jsonl", [_doc(c, "dup-1", c.dup_text)])  # the exact duplicate, second copy
+    c.dup_pair = c.dup_pair + (("g/dup.jsonl", 1),)
+    c.jsonl(g / "ids.jsonl", "g/ids.jsonl", [_doc(c, "reused-id")])
 
 
 def _plant_category_source(c: Corpus) -> None:
@@ -397,7 +398,7 @@ def test_every_valid_document_is_kept_normalized(hostile_run):
         got[key] = r
     expected = dict(corpus.valid)
     # exactly one copy of the planted exact duplicate is kept: the smallest (id, source, position) ...
-    kept_copy, dropped_copy = corpus.dup_pair  # "d/dup.jsonl" sorts before "dup.jsonl"
+    kept_copy, dropped_copy = corpus.dup_pair  # "d/dup.jsonl" sorts before "g/dup.jsonl"
     del expected[dropped_copy]
     assert kept_copy in got and dropped_copy not in got
     dups = pq.read_table(out / "duplicates").to_pylist()
@@ -466,8 +467,8 @@ def test_listing_keeps_broken_entries_and_does_not_follow_loops(hostile_run):
     corpus, out, stats = hostile_run
     sources = stats["inputs"]["sources"]
     assert corpus.listed <= set(sources), sorted(corpus.listed - set(sources))
-    assert not [s for s in sources if "/up/" in s or s.startswith("up/")], "walked into a symlink loop"
-    assert sources.count("sub/deep.jsonl") == 1
+    assert not [s for s in sources if "/up/" in s], "walked into a symlink loop"
+    assert sources.count("g/sub/deep.jsonl") == 1
 
 
 # --------------------------------------------------------------------------- special files, without Ray
