@@ -211,7 +211,7 @@ class CleanJob:
         labelled.write_parquet(str(out))
 
     def _dedup(self, labelled):
-        from pipeline.dedup_ray import exact_dedup, near_dedup, partition_count
+        from pipeline.dedup_ray import exact_dedup, near_dedup, partition_count, through_later_removals
 
         dups = []
         partitions = partition_count(labelled, self.cfg.dedup)  # sized once, from the n_chars column
@@ -221,6 +221,8 @@ class CleanJob:
             dups.append(d)
         if self.cfg.dedup.near:
             kept, d = near_dedup(kept, self.cfg.dedup, str(self.work / "near"), partitions)
+            if dups:  # exact duplicates of a copy near dedup then removed: point them at its survivor
+                dups[0] = through_later_removals(dups[0], d, str(self.work / "near"), partitions)
             dups.append(d)
         return (kept.map_batches(_input_ids, batch_format="pyarrow"),
                 [d.map_batches(_traceable_duplicates, batch_format="pyarrow") for d in dups])

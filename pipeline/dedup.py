@@ -103,6 +103,17 @@ def _in_row_order(joined: pa.Table) -> pa.Table:
     return joined.sort_by("_row")
 
 
+def through_later_removals(dups: pa.Table, later: pa.Table) -> pa.Table:
+    """`dups` (an earlier stage's duplicates) with every `duplicate_of` that a later stage removed
+    replaced by the survivor that stage kept for it, so each names a document that is kept. One hop
+    is enough: a later stage's survivors are final. Rows stay in order."""
+    final = later.select(["id", "duplicate_of"]).rename_columns(["_of", "_final"])
+    narrow = pa.table({"duplicate_of": dups.column("duplicate_of"), "_row": np.arange(dups.num_rows)})
+    joined = _in_row_order(narrow.join(final, "duplicate_of", right_keys="_of", join_type="left outer"))
+    resolved = pc.coalesce(joined.column("_final"), joined.column("duplicate_of"))
+    return dups.set_column(dups.schema.get_field_index("duplicate_of"), "duplicate_of", resolved)
+
+
 def _duplicates(docs: pa.Table, duplicate_of: pa.ChunkedArray, stage: str) -> pa.Table:
     n = docs.num_rows
     out = pa.table({

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow as pa
     import ray
 
+    from pipeline.dedup import through_later_removals
     from pipeline.dedup_ray import exact_dedup, near_dedup
     from pipeline.langid_io import atomic_output, iter_json_records
     from pipeline.write import write_parquet_atomic
@@ -120,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
                 if enabled:
                     kept, dups = step(kept, cfg, str(work))
                     removed += _collect(dups)
+        if len(removed) == 2:  # an exact duplicate's copy that near dedup removed: name its survivor
+            removed[0] = through_later_removals(removed[0], removed[1])
         # Ids are unique in one input file, so the job's locating columns (source, position) are not needed.
         schema = pa.schema([DUPLICATES_SCHEMA.field(name) for name in ("id", "duplicate_of", "stage")])
         dups = pa.concat_tables([schema.empty_table(), *(t.cast(schema) for t in removed)])

@@ -164,6 +164,38 @@ def exact_dedup(ds: ray.data.Dataset, cfg: DedupConfig, work_dir: str,
     return _read_result(root / "kept"), _read_result(root / "duplicates")
 
 
+# --------------------------------------------------------------------------- chained stages
+
+
+def _route(batch: pa.Table, root: str, step: str, by: str, num_partitions: int) -> pa.Table:
+    _write_pieces(batch, dedup.partition_of(batch.column(by).combine_chunks(), num_partitions), Path(root), step)
+    return _batch_stats(batch)
+
+
+@ray.remote(num_cpus=1)
+def _resolve_partition(root: str, p: int) -> int:
+    root = Path(root)
+    resolved = dedup.through_later_removals(_read_partition(root, "earlier", p, dedup.DUPLICATE_SCHEMA),
+                                            _read_partition(root, "later", p, dedup.DUPLICATE_SCHEMA))
+    write_parquet_atomic(resolved.sort_by("id"), root / "resolved" / f"part-{p:05d}.parquet")
+    return resolved.num_rows
+
+
+def through_later_removals(earlier: ray.data.Dataset, later: ray.data.Dataset, work_dir: str,
+                           num_partitions: int) -> ray.data.Dataset:
+    """`earlier`'s duplicates (exact) whose `duplicate_of` a `later` stage (near) removed, pointed at the
+    survivor it kept instead (`dedup.through_later_removals`), joined per partition: `earlier` routed by
+    hash(duplicate_of), `later` by hash(id)."""
+    root = _fresh_dir(Path(work_dir) / "resolve")
+    for ds, step, by in ((earlier, "earlier", "duplicate_of"), (later, "later", "id")):
+        ds.map_batches(_route, fn_kwargs=dict(root=str(root), step=step, by=by, num_partitions=num_partitions),
+                       batch_format="pyarrow").take_all()
+    run_tasks(_resolve_partition, [(str(root), p) for p in range(num_partitions)], "dedup: survivors of survivors")
+    for step in ("earlier", "later"):
+        shutil.rmtree(root / step, ignore_errors=True)
+    return _read_result(root / "resolved")
+
+
 # --------------------------------------------------------------------------- near
 
 

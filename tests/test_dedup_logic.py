@@ -173,3 +173,19 @@ def test_near_pipeline_in_one_partition_finds_mutated_copies():
     edges = dedup.bucket_edges(dedup.band_table(pa.array(ids), sigs, 9, 13), 0.8)
     labels, _ = _rounds(edges)
     assert labels == {**{f"copy{i:02d}": f"base{i:02d}" for i in range(5)}, **{f"base{i:02d}": f"base{i:02d}" for i in range(5)}}
+
+
+def test_an_earlier_survivor_removed_later_is_replaced_by_its_own_survivor():
+    from pipeline.dedup import DUPLICATE_SCHEMA, through_later_removals
+
+    def dups(*pairs, stage):
+        return pa.table({"id": [a for a, _ in pairs], "duplicate_of": [b for _, b in pairs],
+                         "stage": [stage] * len(pairs), "category": ["web"] * len(pairs),
+                         "lang": ["en"] * len(pairs), "n_chars": [1] * len(pairs)}, schema=DUPLICATE_SCHEMA)
+
+    exact = dups(("c", "b"), ("e", "d"), ("g", "b"), stage="exact")
+    near = dups(("b", "a"), ("f", "a"), stage="minhash")
+    resolved = through_later_removals(exact, near)
+    assert resolved.column("duplicate_of").to_pylist() == ["a", "d", "a"]  # d was kept: unchanged
+    assert resolved.column("id").to_pylist() == ["c", "e", "g"] and resolved.schema == exact.schema
+    assert through_later_removals(exact, near.slice(0, 0)).equals(exact)

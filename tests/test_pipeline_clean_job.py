@@ -37,9 +37,12 @@ def _write_corpus(root: Path, shared: Path) -> dict:
     docs = _lid_sentences(shared)
     web = [{"id": f"w{i:03d}", "text": text} for i, (_, text) in enumerate(docs)]
     exact = [{"id": f"x{i:03d}", "text": web[i]["text"]} for i in range(0, 10, 2)]  # 5 exact copies
-    words = max((d["text"].split() for d in web), key=len)  # a long space-separated document
+    longest = max(web, key=lambda d: len(d["text"].split()))  # a long space-separated document
+    words = longest["text"].split()
     assert len(words) > 40
     near = [{"id": "z000", "text": " ".join(words[:-1] + ["changed"])}]  # Jaccard ~0.97 on 5-grams
+    # An exact copy of the near duplicate: exact dedup keeps z000, which near dedup then removes.
+    exact.append({"id": "z001", "text": near[0]["text"]})
     rng.shuffle(web)
     (root / "web.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in web + exact + near) + "\n",
                                     encoding="utf-8")
@@ -60,7 +63,7 @@ def _write_corpus(root: Path, shared: Path) -> dict:
                                       "install the current driver package and restart the print service."}]
     (root / "faq.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in collide) + "\n")
     return {"web": len(web) + len(exact) + len(near) + 1, "bad": len(bad), "code": len(code),
-            "exact": len(exact) + 2, "near": len(near), "qa": len(collide)}
+            "exact": len(exact) + 2, "near": len(near), "qa": len(collide), "longest": longest["id"]}
 
 
 def _config(root: Path, out: Path):
@@ -116,17 +119,17 @@ def test_accounting_quarantine_and_dedup(one_node_run, corpus):
     dups = pq.read_table(out / "duplicates").to_pylist()
     exact = sorted((d["id"], d["duplicate_of"]) for d in dups if d["stage"] == "exact")
     assert exact == sorted([(f"x{i:03d}", f"w{i:03d}") for i in range(0, 10, 2)]  # the smaller id survives
-                           + [("c99", "c0"), (mirrored, mirrored)])
+                           + [("c99", "c0"), (mirrored, mirrored),
+                              ("z001", counts["longest"])])  # not z000, which near dedup removed
     assert len(exact) == counts["exact"]
     assert [d["id"] for d in dups if d["stage"] == "minhash"] == ["z000"]
     cleaned = pads.dataset(out / "cleaned", format="parquet", partitioning="hive").to_table()
     assert cleaned.num_rows == acc["kept"]
-    # Both sides of every removal are located in the input: the removed one is not kept, its survivor
-    # is kept or was itself removed later (an exact survivor can be a near duplicate).
+    # Both sides of every removal are located in the input: the removed one is not kept, its survivor is.
     kept_at = {(r["source"], r["position"]) for r in cleaned.select(["source", "position"]).to_pylist()}
     removed_at = {(d["source"], d["position"]) for d in dups}
     assert len(removed_at) == len(dups) and not removed_at & kept_at
-    assert all((d["duplicate_of_source"], d["duplicate_of_position"]) in kept_at | removed_at for d in dups)
+    assert all((d["duplicate_of_source"], d["duplicate_of_position"]) in kept_at for d in dups)
     qa_ids = cleaned.filter(pads.field("category") == "qa").column("id").to_pylist()
     assert sorted(qa_ids) == ["x000", "z000"]  # same ids as removed duplicates, different documents
     langs = {(r["category"], r["lang"]) for r in cleaned.select(["category", "lang"]).to_pylist()}
