@@ -29,7 +29,7 @@ def register(sub) -> None:
                                    "<out>/report (stats.json, PNG plots, report.html).",
                        epilog="example: xdp mix --config configs/shared_corpus.yaml --out out/")
     _dirs_args(p)
-    p.add_argument("--output", "--out", dest="out", help="output directory (default: the config's output)")
+    p.add_argument("--output", "--out", dest="out", metavar="DIR", help="output directory (default: the config's output)")
     p.set_defaults(func=cmd_mix)
 
     p = sub.add_parser("stats", help="target vs realized shares of a shard or cleaned-document directory",

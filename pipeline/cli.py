@@ -32,12 +32,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for command_parser in sub.choices.values():
+        command_parser.set_defaults(_parser=command_parser)
     return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """As `parse_args`, but an unknown option is reported with its command's usage, not `xdp`'s."""
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     raise_malloc_arena_limit()  # before Ray or any trainer starts a thread
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

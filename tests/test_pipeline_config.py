@@ -151,3 +151,12 @@ def test_flags_that_bypass_yaml_are_range_checked_for_nan_too():
         validate_dedup(DedupConfig(threshold=float("nan")))
     with pytest.raises(ConfigError, match="tokenizer.temperature: expected a finite number, got inf"):
         validate_tokenizer(TokenizerConfig(temperature=float("inf")))
+
+
+def test_an_unknown_option_is_reported_with_its_commands_usage(capsys):
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["mix", "--config", "job.yaml", "--outt", "x"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "xdp mix: error: unrecognized arguments: --outt x" in err
