@@ -119,6 +119,9 @@ def cmd_stats(args) -> int:
         stats = shard_stats(shard_dir, verify=not args.no_verify)
     elif any(Path(args.dir).glob(SHARD_GLOB)) or any(Path(args.dir).glob(f"shards/{SHARD_GLOB}")):
         raise ShardError(f"{args.dir}: shards but no manifest.json (an unfinished `xdp mix`?)")
+    elif (Path(args.dir) / "_job" / "mix.started.json").is_file():
+        raise ShardError(f"{args.dir}: a mix started there but wrote no shards yet (an unfinished `xdp mix` or "
+                         f"`xdp run`: rerun it); for the cleaned documents' shares, give {Path(args.dir) / 'cleaned'}")
     elif Path(args.dir).is_dir():
         from mixing.job import cleaned_counts
         from mixing.ratios import load_ratios

@@ -123,9 +123,22 @@ def _changes(old: Any, new: Any, where: str = "") -> list[str]:
         for key in sorted(set(old) | set(new)):
             out += _changes(old.get(key), new.get(key), f"{where}.{key}" if where else key)
         return out
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [change for i, (a, b) in enumerate(zip(old, new)) for change in _changes(a, b, f"{where}[{i}]")]
+    if isinstance(old, list) and isinstance(new, list):
+        if len(old) == len(new):
+            return [change for i, (a, b) in enumerate(zip(old, new)) for change in _changes(a, b, f"{where}[{i}]")]
+        gone = [item for item in old if item not in new]
+        added = [item for item in new if item not in old]
+        return [f"{where}: {len(old)} -> {len(new)} entries"
+                + "".join(f"; {label} {_brief(item)}" for label, items in (("removed", gone), ("added", added))
+                          for item in items[:3])]
     return [] if old == new else [f"{where}: {json.dumps(old, default=str)[:80]} -> {json.dumps(new, default=str)[:80]}"]
+
+
+def _brief(item: Any) -> str:
+    """An input spec by its path (what tells inputs apart), anything else as short JSON."""
+    if isinstance(item, dict) and "path" in item:
+        return str(item["path"])
+    return json.dumps(item, default=str)[:80]
 
 
 class JobState:

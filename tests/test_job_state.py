@@ -147,6 +147,10 @@ def test_a_changed_input_field_is_named_in_the_refusal(inputs, tmp_path):
     changed.inputs[1].text_field = "content"  # b.jsonl (books): first in the canonical order
     with pytest.raises(ConfigError, match=r"Changed: inputs\[0\].text_field: \"text\" -> \"content\"\."):
         JobState(changed).check()
+    fewer = _cfg(inputs, out)
+    del fewer.inputs[0]  # a.jsonl dropped: named by its path, not as two lists of JSON cut at 80 characters
+    with pytest.raises(ConfigError, match=r"Changed: inputs: 2 -> 1 entries; removed \S+/a\.jsonl;"):
+        JobState(fewer).check()
 
 
 def test_a_result_another_command_replaced_is_redone(inputs, tmp_path):

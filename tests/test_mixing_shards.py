@@ -245,3 +245,8 @@ def test_xdp_stats_on_a_mix_output_whose_manifest_is_missing(shard_dir, tmp_path
     (tmp_path / "out" / "report" / "categories.png").write_bytes(b"\x89PNG")
     assert main(["stats", str(tmp_path / "out")]) == 2
     assert "shards but no manifest.json" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "out" / "shards")  # killed before its first shard: the job's marker tells
+    (tmp_path / "out" / "_job").mkdir()
+    (tmp_path / "out" / "_job" / "mix.started.json").write_text("{}")
+    assert main(["stats", str(tmp_path / "out")]) == 2
+    assert "a mix started there but wrote no shards yet" in capsys.readouterr().err
