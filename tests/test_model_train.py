@@ -170,6 +170,14 @@ def test_a_damaged_checkpoint_is_one_line(shards, tmp_path, capsys, damage, mess
     assert message in err and "Traceback" not in err
 
 
+def test_a_step_larger_than_the_rows_a_process_holds_is_warned(shards, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="model.train"):
+        train(TrainConfig(shards=str(shards), steps=2, batch_size=10, grad_accum=2))
+    assert "a step reads 20 rows per process" in caplog.text and "holds 16" in caplog.text
+
+
 def test_rows_longer_than_the_context_are_refused_before_training(tmp_path, capsys):
     rows = [[np.append(np.arange(3, 16_400 + 2), 2)]]  # one document of 16,400 tokens
     write_shards(rows, tmp_path, sequence_length=16_400, vocab_size=VOCAB * 40, eos_id=2, pad_id=0)
