@@ -401,8 +401,8 @@ def train(cfg: TrainConfig) -> dict:
     optimizer = _optimizer(model, cfg, world)
     if cfg.resume:
         load_checkpoint(Path(cfg.resume), model, optimizer, start, world)
-        changes = schedule_changes(cfg)
-        if changes and world.rank == 0:
+        changes = schedule_changes(cfg) if world.rank == 0 else []
+        if changes:
             log.warning("resuming with another schedule (%s): the losses will part from the uninterrupted "
                         "run's", ", ".join(changes))
     if order.batch_size > len(dataset) and world.rank == 0:

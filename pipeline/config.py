@@ -363,11 +363,10 @@ def validate(cfg: Config) -> Config:
 def _check_packing_memory(mixing: MixingConfig) -> None:
     """The driver holds a shard's rows and the packing window's tokens (4 bytes each): a size that
     cannot fit is refused here, not met as a MemoryError after the steps before the mix."""
+    import psutil
+
     need = (mixing.sequences_per_shard + mixing.pack_window_sequences) * mixing.sequence_length * 4
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not on Linux/macOS: nothing to compare with
-        return
+    ram = psutil.virtual_memory().total
     if need > ram // 2:
         raise ConfigError(f"mixing: (sequences_per_shard {mixing.sequences_per_shard} + pack_window_sequences "
                           f"{mixing.pack_window_sequences}) x sequence_length {mixing.sequence_length} tokens need "

@@ -60,11 +60,11 @@ def _write_pieces(table: pa.Table, parts: np.ndarray, root: Path, step: str, nam
         write_parquet_atomic(piece, _part_dir(root, step, int(p)) / f"{stem}.parquet")
 
 
-def _send(table: pa.Table, by: str, root: Path, step: str, sender: int, num_partitions: int) -> None:
+def _send(table: pa.Table, by: str, root: Path, step: str, sender: Optional[int], num_partitions: int) -> None:
     """Partition `sender`'s rows for the next step, routed by hash of column `by`; pieces are named by
-    the sender, so a retried task rewrites its own."""
+    the sender (by their ids for a Ray Data batch, which has no index), so a retried task rewrites its own."""
     _write_pieces(table, dedup.partition_of(table.column(by).combine_chunks(), num_partitions), root, step,
-                  name=f"from-{sender:05d}")
+                  name=None if sender is None else f"from-{sender:05d}")
 
 
 def _write_labels(labels: pa.Table, root: Path, step: str, q: int) -> None:
@@ -168,7 +168,7 @@ def exact_dedup(ds: ray.data.Dataset, cfg: DedupConfig, work_dir: str,
 
 
 def _route(batch: pa.Table, root: str, step: str, by: str, num_partitions: int) -> pa.Table:
-    _write_pieces(batch, dedup.partition_of(batch.column(by).combine_chunks(), num_partitions), Path(root), step)
+    _send(batch, by, Path(root), step, None, num_partitions)
     return _batch_stats(batch)
 
 

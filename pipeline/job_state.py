@@ -188,7 +188,8 @@ class JobState:
         if missing:
             log.warning("%s: completed earlier, but %s is gone; running it again", step, self.out / missing[0])
             return None
-        if marker.get("result_sha256", self._result_sha256(step)) != self._result_sha256(step):
+        result = self._result_sha256(step)
+        if marker.get("result_sha256", result) != result:
             log.warning("%s: completed earlier, but %s was replaced since (by another command?); running it again",
                         step, self.out / STEP_RESULT[step])
             return None
@@ -205,8 +206,10 @@ class JobState:
             return None
 
     def _result_sha256(self, step: str) -> Optional[str]:
+        from mixing.shards import sha256_file  # mixing imports this package
+
         try:
-            return hashlib.sha256((self.out / STEP_RESULT[step]).read_bytes()).hexdigest()
+            return sha256_file(self.out / STEP_RESULT[step])
         except OSError:
             return None
 

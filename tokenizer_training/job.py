@@ -84,9 +84,10 @@ def train_tokenizer(inputs: list[str] | str, output_dir: str, tok_cfg: Tokenizer
             ray_session(ray_cfg, reads=files[:1]) as session:
         census = run_census(files, languages, head_start)
         census_s = time.perf_counter() - started
-        if current_rss() > DRIVER_ALLOWANCE_BYTES:
+        driver_rss = current_rss()
+        if driver_rss > DRIVER_ALLOWANCE_BYTES:
             log.warning("the driver already holds %.0f MiB, more than the %.0f MiB set aside for it: training may "
-                        "peak above max_memory", current_rss() / 2**20, DRIVER_ALLOWANCE_BYTES / 2**20)
+                        "peak above max_memory", driver_rss / 2**20, DRIVER_ALLOWANCE_BYTES / 2**20)
         available = {b: census.buckets.bytes.get(b, 0) for b in shares}
         plan = plan_sample(shares, available, sample_bytes, tok_cfg.seed)
         if plan.planned_bytes == 0:
