@@ -1,6 +1,6 @@
 """End-to-end `xdp run` benchmark: memory against corpus size, and one node against a two-node cluster.
 
-    python bench/bench_run.py --scale [--nodes] [--fraction 1] [--vocab-size 100534] [--sample-mb 150]
+    python bench/bench_run.py --scale [--nodes] [--readers] [--fraction 1] [--vocab-size 100534] [--sample-mb 150]
                               [--num-cpus 2] [--object-store-mb 2048] [--shard-mb 0]
                               [--block-mb B] [--file-mchars M] [--partition-mchars M] [--json PATH]
 
@@ -10,7 +10,9 @@
 --nodes   the whole corpus on one local Ray node (--num-cpus CPUs) and on a two-node
           `ray.cluster_utils.Cluster` on this machine (half the CPUs and half the object store each; the
           driver joins with its address); the two-node/one-node ratio of each figure.
---fraction F shrinks both for a quick check: the full-size runs use every round(1/F)-th line instead
+--readers the whole corpus on one node with Ray Data's default Parquet reader (`ray.parquet_reader: v2`)
+          and with xdp's (`v1`): the v1/v2 ratio of each figure, and whether both wrote the same bytes.
+--fraction F shrinks all for a quick check: the full-size runs use every round(1/F)-th line instead
           (and --scale's 1x every 10*round(1/F)-th).
 
 The job is `pipeline.commands.run_job` on configs/shared_corpus.yaml with the inputs, output, Ray and
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import multiprocessing
@@ -94,8 +97,9 @@ def subset(docs: Path, every: int, work: Path, shard_bytes: int = 0) -> tuple[Pa
     return out, total
 
 
-def job_config(shards: Path, output: Path, args, ray_cfg):
-    """configs/shared_corpus.yaml pointed at `shards` and `output`, with this run's Ray and tokenizer size."""
+def job_config(shards: Path, output: Path, args, ray_cfg, reader: str | None = None):
+    """configs/shared_corpus.yaml pointed at `shards` and `output`, with this run's Ray, Parquet reader
+    (None: the config's) and tokenizer size."""
     from pipeline.config import load_config, validate
 
     cfg = load_config(JOB_CONFIG)
@@ -107,6 +111,8 @@ def job_config(shards: Path, output: Path, args, ray_cfg):
     cfg.tokenizer.sample_bytes = int(args.sample_mb * MB)
     if args.block_mb:
         cfg.ray.block_mb = args.block_mb
+    if reader:
+        cfg.ray.parquet_reader = reader
     if args.file_mchars:
         cfg.write.target_file_chars = int(args.file_mchars * MB)
     if args.partition_mchars:
@@ -238,26 +244,39 @@ def read_json(path: Path) -> dict:
         return {}
 
 
-def _job(shards: Path, output: Path, nodes: int, args, result: Path) -> None:
+def _job(shards: Path, output: Path, nodes: int, args, result: Path, reader: str | None) -> None:
     """In a fresh process: start Ray, run the job, write the wall time and the job summary to `result`."""
     from pipeline.commands import run_job
 
     start = time.perf_counter()
     with ray_nodes(nodes, args.num_cpus, int(args.object_store_mb * MIB)) as ray_cfg:
         ray_up = time.perf_counter() - start
-        summary = run_job(job_config(shards, output, args, ray_cfg))
+        summary = run_job(job_config(shards, output, args, ray_cfg, reader))
     result.write_text(json.dumps({"wall_s": time.perf_counter() - start, "ray_start_s": ray_up,
                                   "summary": summary}, default=str))
 
 
-def run_once(shards: Path, input_bytes: int, nodes: int, args, work: Path) -> dict:
+def output_digest(output: Path) -> str:
+    """sha256 over every result file of a job (cleaned, quarantine, duplicates, stats, tokenizer, shards):
+    two runs that wrote the same bytes have the same digest."""
+    h = hashlib.sha256()
+    for name in ("cleaned", "quarantine", "duplicates", "stats.json", "tokenizer/tokenizer.json", "shards"):
+        top = output / name
+        for path in sorted([top] if top.is_file() else top.rglob("*")):
+            if path.is_file():
+                h.update(str(path.relative_to(output)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def run_once(shards: Path, input_bytes: int, nodes: int, args, work: Path, reader: str | None = None) -> dict:
     """One job in a process of its own (spawned, not forked): its driver starts with nothing another
     run left behind, which a shared process cannot give (freed heap stays in its RSS)."""
-    output = work / f"out-{shards.name}-{nodes}node"
-    result = work / f"result-{shards.name}-{nodes}node.json"
+    name = f"{shards.name}-{nodes}node" + (f"-{reader}" if reader else "")
+    output, result = work / f"out-{name}", work / f"result-{name}.json"
     shutil.rmtree(output, ignore_errors=True)
     result.unlink(missing_ok=True)
-    job = multiprocessing.get_context("spawn").Process(target=_job, args=(shards, output, nodes, args, result))
+    job = multiprocessing.get_context("spawn").Process(target=_job,
+                                                       args=(shards, output, nodes, args, result, reader))
     job.start()
     sampler = PeakRSS(root=job.pid)
     sampler.start()
@@ -282,6 +301,7 @@ def run_once(shards: Path, input_bytes: int, nodes: int, args, work: Path) -> di
         "driver_in_step": driver_steps,
         "memory": memory_by_role(sampler),
         "worker_by_task": peaks_by_task(sampler),
+        "output_sha256": output_digest(output),
     }
     if not args.keep:
         shutil.rmtree(output, ignore_errors=True)
@@ -391,6 +411,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", action="store_true", help="1x vs 10x corpus on one node")
     ap.add_argument("--nodes", action="store_true", help="one node vs a two-node local cluster")
+    ap.add_argument("--readers", action="store_true", help="Ray's default Parquet reader (v2) vs xdp's (v1)")
     ap.add_argument("--docs", type=Path, default=REPO.parent / "shared" / "corpus" / "docs")
     ap.add_argument("--fraction", type=float, default=1.0,
                     help="use every round(1/F)-th line as the full size (default 1: the whole corpus)")
@@ -409,23 +430,23 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep each run's output directory")
     ap.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = ap.parse_args()
-    if not (args.scale or args.nodes):
-        ap.error("choose --scale, --nodes or both")
+    if not (args.scale or args.nodes or args.readers):
+        ap.error("choose --scale, --nodes, --readers or several")
     if not 0 < args.fraction <= 1:
         ap.error("--fraction must be in (0, 1]")
     every = max(1, round(1 / args.fraction))
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-run-"))
     work.mkdir(parents=True, exist_ok=True)
     inputs: dict[int, tuple[Path, int]] = {}
-    done: dict[tuple[int, int], dict] = {}
+    done: dict[tuple[int, int, str | None], dict] = {}
 
-    def run(step: int, nodes: int) -> dict:
+    def run(step: int, nodes: int, reader: str | None = None) -> dict:
         if step not in inputs:
             inputs[step] = subset(args.docs, step, work, int(args.shard_mb * MB))
-        if (step, nodes) not in done:  # the 10x one-node run serves both modes
+        if (step, nodes, reader) not in done:  # the 10x one-node run serves --scale and --nodes
             shards, size = inputs[step]
-            done[(step, nodes)] = run_once(shards, size, nodes, args, work)
-        return done[(step, nodes)]
+            done[(step, nodes, reader)] = run_once(shards, size, nodes, args, work, reader)
+        return done[(step, nodes, reader)]
 
     out = []
     try:
@@ -451,13 +472,22 @@ def main() -> None:
                        "nodes go through object transfers instead of shared memory (the raylets' RSS shows it). "
                        f"Slowest stage: {slowest(one)} on one node, {slowest(two)} on "
                        f"two. Biggest process on two nodes: {biggest(two)}. {MEMORY_NOTE}")
+        if args.readers:
+            v2, v1 = run(every, 1, "v2"), run(every, 1, "v1")
+            out.append(table(f"`xdp run` on {lines(every)}, one node ({args.num_cpus} CPUs): Ray Data's default "
+                             "Parquet reader vs xdp's", ["v2 (Ray's default)", "v1 (xdp's)"], [v2, v1],
+                             with_node=False))
+            same = "the same bytes" if v1["output_sha256"] == v2["output_sha256"] else "DIFFERENT bytes"
+            out.append(f"\nBoth readers wrote {same} (cleaned, quarantine, duplicates, stats, tokenizer, shards). "
+                       f"Slowest stage: {slowest(v2)} with v2, {slowest(v1)} with v1. {MEMORY_NOTE}")
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     print("\n\n".join(out))
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "runs": [{"every": k[0], **v} for k, v in done.items()]}, indent=2))
+                                         "runs": [{"every": k[0], "reader": k[2], **v} for k, v in done.items()]},
+                                        indent=2))
 
 
 if __name__ == "__main__":

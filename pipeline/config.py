@@ -83,7 +83,8 @@ class RayConfig:
     num_cpus: Optional[int] = None  # local Ray only
     object_store_memory: Optional[int] = None  # bytes, local Ray only
     step_retries: int = 2  # times a step is rerun, from its completed parts, after Ray loses a node or worker
-    block_mb: Optional[int] = 32  # Ray Data block and Parquet read unit, MiB; None: Ray's 128
+    block_mb: Optional[int] = 32  # Ray Data block, MiB; None: Ray's 128
+    parquet_reader: str = "v1"  # Ray Data's reader of the Parquet xdp reads back (see ray_session.data_context)
     recycle_workers: bool = True  # local Ray only: a worker idle for a second exits, freeing what tasks left
     release_memory: bool = True  # workers hand memory a task freed back to the OS at once (see ray_session)
 
@@ -197,6 +198,7 @@ def _finite_number(value) -> bool:
 
 SEED_MAX = 2**32 - 1  # numpy's RandomState (datasketch's permutations) takes no larger seed
 RAY_MIN_OBJECT_STORE = 75 * 2**20  # Ray refuses a smaller object store
+PARQUET_READERS = ("v1", "v2")  # Ray Data's first Parquet reader, and Ray 2.60's default
 
 
 def infer_format(path: str) -> Optional[str]:
@@ -347,6 +349,8 @@ def validate(cfg: Config) -> Config:
     _check_range("ray.step_retries", cfg.ray.step_retries, 0)
     if cfg.ray.block_mb is not None:
         _check_range("ray.block_mb", cfg.ray.block_mb, 1)
+    if cfg.ray.parquet_reader not in PARQUET_READERS:
+        raise ConfigError(f"ray.parquet_reader: {cfg.ray.parquet_reader!r} is not one of {', '.join(PARQUET_READERS)}")
     validate_tokenizer(cfg.tokenizer)
     _check_range("mixing.max_epochs", cfg.mixing.max_epochs, 0.0, lo_open=True)
     _check_range("mixing.sequence_length", cfg.mixing.sequence_length, 2, 2**31 - 1)  # cu_seqlens are int32

@@ -89,7 +89,7 @@ def ray_session(cfg: Optional[RayConfig] = None, writes: Optional[str] = None,
     import ray
 
     cfg = cfg or RayConfig()
-    with _block_size(cfg.block_mb):
+    with data_context(cfg):
         if ray.is_initialized():
             yield RaySession(owned=False)
             return
@@ -97,29 +97,30 @@ def ray_session(cfg: Optional[RayConfig] = None, writes: Optional[str] = None,
             yield session
 
 
-# Read by Ray Data's `read_parquet` on the driver: the most uncompressed bytes one read task packs.
-_PARQUET_READ_UNIT = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
-
-
 @contextlib.contextmanager
-def _block_size(block_mb: Optional[int]) -> Iterator[None]:
-    """Set Ray Data's block size and Parquet read unit to `block_mb` MiB for the session (None: Ray's).
+def data_context(cfg: RayConfig) -> Iterator[None]:
+    """Ray Data settings for the session, restored on exit.
 
-    What one read or map task works on is a few blocks: smaller blocks mean more, smaller tasks.
+    * Block size `cfg.block_mb` MiB (None: Ray's): what one read or map task works on is a few blocks,
+      so smaller blocks mean more, smaller tasks.
+    * `read_parquet` on the reader `cfg.parquet_reader`. Ray 2.60's default, v2, starts 32 fresh
+      footer-reading actors for every read: a fixed 3-5 s each on a 2-core node, and xdp reads its
+      own few, block-sized files back about 20 times a job (bench/README.md). Older Rays have only v1.
     """
-    if block_mb is None:
-        yield
-        return
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    saved = ctx.target_max_block_size
-    ctx.target_max_block_size = block_mb * 2**20
+    saved = {name: getattr(ctx, name) for name in ("target_max_block_size", "use_datasource_v2")
+             if hasattr(ctx, name)}
+    if cfg.block_mb is not None:
+        ctx.target_max_block_size = cfg.block_mb * 2**20
+    if "use_datasource_v2" in saved:
+        ctx.use_datasource_v2 = cfg.parquet_reader == "v2"
     try:
-        with _environ({_PARQUET_READ_UNIT: str(block_mb * 2**20)}):
-            yield
+        yield
     finally:
-        ctx.target_max_block_size = saved
+        for name, value in saved.items():
+            setattr(ctx, name, value)
 
 
 @contextlib.contextmanager

@@ -26,11 +26,15 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A local Ray for the tests of one module, shut down afterwards."""
+    """A local Ray for the tests of one module, with the Ray Data settings of `ray_session`."""
     import ray
+
+    from pipeline.config import RayConfig
+    from pipeline.ray_session import data_context
 
     if ray.is_initialized():
         ray.shutdown()
     ray.init(**RAY_TEST_KWARGS)
-    yield ray
+    with data_context(RayConfig()):
+        yield ray
     ray.shutdown()

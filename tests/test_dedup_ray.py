@@ -72,9 +72,7 @@ def _run(ray, rows, work, blocks, cfg=CFG):
 
 
 def _table(ds) -> pa.Table:
-    import ray
-
-    return pa.concat_tables(ray.get(ds.to_arrow_refs()))
+    return pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None))
 
 
 def test_exact_and_near_dedup_find_every_group(ray_local, tmp_path):

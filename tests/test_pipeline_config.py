@@ -32,6 +32,7 @@ def test_defaults_and_relative_paths(tmp_path):
     ({"inputs": [{"path": "/", "category": "web", "colour": 1}]}, "inputs[0].colour: unknown key"),
     ({"inputs": [{"path": "/", "category": "web", "format": "csv"}]}, "inputs[0].format: 'csv'"),
     ({"mixing": {"sequence_length": 1}}, "mixing.sequence_length"),
+    ({"ray": {"parquet_reader": "v3"}}, "ray.parquet_reader: 'v3' is not one of v1, v2"),
     ({"mixing": {"sequence_length": 2**31}}, "mixing.sequence_length: 2147483648 is out of range"),
     # 10^9-token rows: a 4.8 TB shard buffer that failed as a MemoryError after clean and tokenizer
     ({"mixing": {"sequence_length": 10**9}}, "GiB on the driver, more than half of its"),

@@ -1,5 +1,5 @@
-"""`ray_session`: the block size setting reaches Ray Data's reads and is undone afterwards; the memory
-setting reaches every worker."""
+"""`ray_session`: the block size and Parquet reader settings reach Ray Data and are undone afterwards;
+the memory setting reaches every worker."""
 from __future__ import annotations
 
 import json
@@ -13,31 +13,43 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import RayConfig
-from pipeline.ray_session import _PARQUET_READ_UNIT, RELEASE_MEMORY_ENV, ray_session
+from pipeline.ray_session import RELEASE_MEMORY_ENV, ray_session
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _blocks(ray, path) -> list[int]:
-    return [b.num_rows for b in ray.data.read_parquet(str(path)).iter_batches(batch_format="pyarrow",
-                                                                               batch_size=None)]
+def _blocks(ray) -> list[int]:
+    """Rows per block of one map task's 8 MB output (10 KB rows): Ray Data splits it at the block size."""
+    rows = pa.table({"text": ["x" * 10_000] * 800})
+    ds = ray.data.range(1, override_num_blocks=1).map_batches(lambda _: rows, batch_format="pyarrow")
+    return [b.num_rows for b in ds.iter_batches(batch_format="pyarrow", batch_size=None)]
 
 
-def test_block_mb_bounds_read_blocks_and_is_restored(ray_local, tmp_path):
+def test_block_mb_bounds_blocks_and_is_restored(ray_local):
     from ray.data import DataContext
 
-    path = tmp_path / "docs.parquet"
-    text = "x" * 10_000  # 10 KB per row, 8 MB in 800 rows, 100 per row group
-    pq.write_table(pa.table({"text": [text] * 800}), path, row_group_size=100, compression="zstd")
-    default_size = DataContext.get_current().target_max_block_size
-    whole = _blocks(ray_local, path)
+    ctx = DataContext.get_current()
+    default_size = ctx.target_max_block_size
+    whole = _blocks(ray_local)
     with ray_session(RayConfig(block_mb=1)):
-        assert DataContext.get_current().target_max_block_size == 2**20
-        small = _blocks(ray_local, path)
+        assert ctx.target_max_block_size == 2**20
+        small = _blocks(ray_local)
     assert sum(whole) == sum(small) == 800
-    assert max(whole) > 200 and max(small) <= 200  # 1 MiB units: at most two 1 MB row groups
-    assert DataContext.get_current().target_max_block_size == default_size
-    assert _PARQUET_READ_UNIT not in os.environ
+    assert max(whole) > 200 and max(small) <= 200  # 1 MiB blocks: about 100 rows
+    assert ctx.target_max_block_size == default_size
+
+
+def test_parquet_reader_is_set_for_the_session_and_restored(ray_local, tmp_path):
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before = ctx.use_datasource_v2
+    pq.write_table(pa.table({"id": [1, 2, 3]}), tmp_path / "a.parquet")
+    for reader, v2 in (("v1", False), ("v2", True)):
+        with ray_session(RayConfig(parquet_reader=reader)):
+            assert ctx.use_datasource_v2 is v2
+            assert ray_local.data.read_parquet(str(tmp_path)).sum("id") == 6
+    assert ctx.use_datasource_v2 is before
 
 
 def test_release_leaves_a_borrowed_ray_running(ray_local):
