@@ -163,7 +163,9 @@ class CleanJob:
             staged = self._timed("read", self._resumable, "read", self._read)
             kept, dup_sets = None, []
             reasons = ray.data.read_parquet(str(self.scratch.path("read")), partitioning=None, columns=["reason"])
-            if reasons.map_batches(_valid_count, batch_format="pyarrow").sum("valid"):
+            # sum_by, not Dataset.sum: Ray's aggregate starts shuffle actors, ~5 s on a small node
+            _, valid = sum_by(reasons.map_batches(_valid_count, batch_format="pyarrow"), [], "valid").get((), (0, 0))
+            if valid:
                 labelled = self._timed("langid", self._resumable, "labelled", self._langid, staged)
                 kept, dup_sets = self._timed("dedup", self._dedup, labelled)
             written = self._timed("write", self._write, staged, kept, dup_sets)
