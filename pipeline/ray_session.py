@@ -97,12 +97,17 @@ def ray_session(cfg: Optional[RayConfig] = None, writes: Optional[str] = None,
             yield session
 
 
+# Read by Ray Data's v2 `read_parquet` on the driver: the most uncompressed bytes one read task packs.
+_PARQUET_READ_UNIT = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
+
+
 @contextlib.contextmanager
 def data_context(cfg: RayConfig) -> Iterator[None]:
     """Ray Data settings for the session, restored on exit.
 
     * Block size `cfg.block_mb` MiB (None: Ray's): what one read or map task works on is a few blocks,
-      so smaller blocks mean more, smaller tasks.
+      so smaller blocks mean more, smaller tasks. v1 sizes its read batches by it; v2 packs read units
+      by `_PARQUET_READ_UNIT`, set to the same size.
     * `read_parquet` on the reader `cfg.parquet_reader`. Ray 2.60's default, v2, starts 32 fresh
       footer-reading actors for every read: a fixed 3-5 s each on a 2-core node, and xdp reads its
       own few, block-sized files back about 20 times a job (bench/README.md). Older Rays have only v1.
@@ -112,12 +117,15 @@ def data_context(cfg: RayConfig) -> Iterator[None]:
     ctx = DataContext.get_current()
     saved = {name: getattr(ctx, name) for name in ("target_max_block_size", "use_datasource_v2")
              if hasattr(ctx, name)}
+    env = {}
     if cfg.block_mb is not None:
         ctx.target_max_block_size = cfg.block_mb * 2**20
+        env[_PARQUET_READ_UNIT] = str(cfg.block_mb * 2**20)
     if "use_datasource_v2" in saved:
         ctx.use_datasource_v2 = cfg.parquet_reader == "v2"
     try:
-        yield
+        with _environ(env):
+            yield
     finally:
         for name, value in saved.items():
             setattr(ctx, name, value)

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import RayConfig
-from pipeline.ray_session import RELEASE_MEMORY_ENV, ray_session
+from pipeline.ray_session import _PARQUET_READ_UNIT, RELEASE_MEMORY_ENV, ray_session
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,13 +43,14 @@ def test_parquet_reader_is_set_for_the_session_and_restored(ray_local, tmp_path)
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    before = ctx.use_datasource_v2
+    before = ctx.use_datasource_v2, os.environ.get(_PARQUET_READ_UNIT)
     pq.write_table(pa.table({"id": [1, 2, 3]}), tmp_path / "a.parquet")
     for reader, v2 in (("v1", False), ("v2", True)):
-        with ray_session(RayConfig(parquet_reader=reader)):
+        with ray_session(RayConfig(parquet_reader=reader, block_mb=8)):
             assert ctx.use_datasource_v2 is v2
-            assert ray_local.data.read_parquet(str(tmp_path)).sum("id") == 6
-    assert ctx.use_datasource_v2 is before
+            assert os.environ[_PARQUET_READ_UNIT] == str(8 * 2**20)  # v2's read unit: the block size
+            assert sorted(r["id"] for r in ray_local.data.read_parquet(str(tmp_path)).take_all()) == [1, 2, 3]
+    assert (ctx.use_datasource_v2, os.environ.get(_PARQUET_READ_UNIT)) == before
 
 
 def test_release_leaves_a_borrowed_ray_running(ray_local):
