@@ -81,10 +81,12 @@ class RecordValidator:
                     category=replace_surrogates(category) if category is not None else None)
 
     def row(self, record, position: int, raw_size: int, raw_text) -> dict:
-        """`raw_text`: the record's line (JSONL); None for a Parquet row, whose preview is its JSON."""
+        """`raw_text`: the record's line (JSONL), whose size is `raw_size`; None for a Parquet row,
+        whose preview is its JSON and whose size its text's."""
         def bad(reason: str, category=None) -> dict:
-            preview = raw_text if raw_text is not None else self._preview(record)
-            return self.quarantine(position, reason, preview, raw_size, category)
+            if raw_text is not None:
+                return self.quarantine(position, reason, raw_text, raw_size, category)
+            return self.quarantine(position, reason, self._preview(record), self.text_size(record), category)
 
         if not isinstance(record, dict):
             return bad("not_an_object")
@@ -126,6 +128,12 @@ class RecordValidator:
                     code_lang=replace_surrogates(code_lang) if isinstance(code_lang, str) else None,
                     path=replace_surrogates(path) if isinstance(path, str) else None,
                     source=self.file.source, position=position, n_chars=len(text), meta=meta)
+
+    def text_size(self, record) -> int:
+        """A Parquet row's size in the quarantine's `n_chars`: its text field's length (0 without one),
+        as a JSONL row's is the length of its line."""
+        text = record.get(self.spec.text_field) if isinstance(record, dict) else None
+        return len(text) if isinstance(text, (str, bytes)) else 0
 
     def _preview(self, record: dict) -> str:
         """A Parquet row as JSON, each string cut to the preview length first (a huge text costs nothing)."""
@@ -414,7 +422,8 @@ def _read_parquet(file: InputFile, validator: RecordValidator, cfg: ReadConfig) 
                 for record, reason in _batch_records(batch):
                     position += 1
                     yield (validator.row(record, position, 0, None) if reason is None
-                           else validator.quarantine(position, reason, validator._preview(record), 0))
+                           else validator.quarantine(position, reason, validator._preview(record),
+                                                     validator.text_size(record)))
     except Exception as exc:  # unreadable file, broken page: the rest of the file is lost
         yield validator.quarantine(position + 1, f"read_error: {type(exc).__name__}: {exc}", "", 0)
 

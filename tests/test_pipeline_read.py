@@ -117,6 +117,20 @@ def test_parquet_input_validates_rows(tmp_path):
         {"id": "b", "text": None, "lang_hint": "y"}, {"id": "c", "text": "", "lang_hint": "z"}]
 
 
+def test_parquet_quarantine_counts_the_text_it_held(tmp_path):
+    """A quarantined Parquet row's n_chars is its text's length (a JSONL row's is its line's): the
+    stats' quarantined characters do not read 0 for Parquet inputs."""
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": ["y" * 3000, None, "   "], "n": [1, 2, 3]}), path)
+    table = _read(path, "parquet", max_record_bytes=1000)
+    assert _reasons(table) == ["oversized_record", "missing_text", "empty_text"]
+    assert table.column("n_chars").to_pylist() == [3000, 0, 3]
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"text": pa.array([b"ok \xff"], pa.binary()).cast(pa.string(), safe=False)}), bad)
+    table = _read(bad, "parquet")
+    assert _reasons(table)[0].startswith("invalid_utf8") and table.column("n_chars").to_pylist() == [4]
+
+
 def test_parquet_preview_of_an_oversized_row_is_cut(tmp_path):
     path = tmp_path / "big.parquet"
     pq.write_table(pa.table({"id": ["a"], "text": ["y" * 100_000], "n": [7]}), path)
