@@ -418,14 +418,20 @@ def _read_parquet(file: InputFile, validator: RecordValidator, cfg: ReadConfig) 
     position = -1
     try:
         with _open_bytes(file.url) as raw:
-            for batch in pq.ParquetFile(raw).iter_batches(batch_size=cfg.batch_size):
+            parquet = pq.ParquetFile(raw)
+            names = parquet.schema_arrow.names
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:  # a row would keep only the last of each: which one holds the text?
+                raise ReadError(f"column names used twice: {', '.join(twice)}")
+            for batch in parquet.iter_batches(batch_size=cfg.batch_size):
                 for record, reason in _batch_records(batch):
                     position += 1
                     yield (validator.row(record, position, 0, None) if reason is None
                            else validator.quarantine(position, reason, validator._preview(record),
                                                      validator.text_size(record)))
     except Exception as exc:  # unreadable file, broken page: the rest of the file is lost
-        yield validator.quarantine(position + 1, f"read_error: {type(exc).__name__}: {exc}", "", 0)
+        detail = str(exc) if isinstance(exc, ReadError) else f"{type(exc).__name__}: {exc}"
+        yield validator.quarantine(position + 1, f"read_error: {detail}", "", 0)
 
 
 def read_file(file: InputFile, spec: InputSource, cfg: ReadConfig) -> Iterator[pa.Table]:

@@ -117,6 +117,16 @@ def test_parquet_input_validates_rows(tmp_path):
         {"id": "b", "text": None, "lang_hint": "y"}, {"id": "c", "text": "", "lang_hint": "z"}]
 
 
+def test_parquet_file_with_a_column_name_twice_is_a_read_error(tmp_path):
+    """Arrow allows two columns named `text`; a row as a dict would keep the last without a word."""
+    path = tmp_path / "twice.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(["first"]), pa.array(["second"]), pa.array(["a"])],
+                                        names=["text", "text", "id"]), path)
+    table = _read(path, "parquet")
+    assert table.column("reason").to_pylist() == ["read_error: column names used twice: text"]
+    assert table.column("position").to_pylist() == [0]
+
+
 def test_parquet_quarantine_counts_the_text_it_held(tmp_path):
     """A quarantined Parquet row's n_chars is its text's length (a JSONL row's is its line's): the
     stats' quarantined characters do not read 0 for Parquet inputs."""
