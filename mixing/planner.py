@@ -333,7 +333,8 @@ def _report_misses(plan: MixPlan, problem: _Problem) -> None:
             got = planned.get(name, 0.0)
             if (table, name) in known or abs(got - target) <= 1e-6:
                 continue
-            at_cap = plan.totals(table)[name] >= caps[name] * (1 - 1e-9)
+            # short of its target for want of data; an entry above its target is not, at its cap or not
+            at_cap = got < target and plan.totals(table)[name] >= caps[name] * (1 - 1e-9)
             plan.issues.append({
                 "table": table, "name": name, "status": "capped" if at_cap else "joint",
                 "target": target, "planned": got,
