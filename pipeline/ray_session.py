@@ -111,18 +111,26 @@ def data_context(cfg: RayConfig) -> Iterator[None]:
     * `read_parquet` on the reader `cfg.parquet_reader`. Ray 2.60's default, v2, starts 32 fresh
       footer-reading actors for every read: a fixed 3-5 s each on a 2-core node, and xdp reads its
       own few, block-sized files back about 20 times a job (bench/README.md). Older Rays have only v1.
+    * v1 reads in as many tasks as the data has blocks (at least two per CPU), not Ray's 200: with
+      fewer files than that it split each task's output into smaller blocks, and a split read does not
+      fuse with the map after it, so every block went through the object store in between. v2 keeps
+      Ray's 200 (its read-unit count hint), whatever an enclosing session set.
     """
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    saved = {name: getattr(ctx, name) for name in ("target_max_block_size", "use_datasource_v2")
-             if hasattr(ctx, name)}
+    saved = {name: getattr(ctx, name) for name in ("target_max_block_size", "use_datasource_v2",
+                                                    "read_op_min_num_blocks") if hasattr(ctx, name)}
     env = {}
     if cfg.block_mb is not None:
         ctx.target_max_block_size = cfg.block_mb * 2**20
         env[_PARQUET_READ_UNIT] = str(cfg.block_mb * 2**20)
     if "use_datasource_v2" in saved:
         ctx.use_datasource_v2 = cfg.parquet_reader == "v2"
+    if "read_op_min_num_blocks" in saved:
+        from ray.data.context import DEFAULT_READ_OP_MIN_NUM_BLOCKS
+
+        ctx.read_op_min_num_blocks = 1 if cfg.parquet_reader == "v1" else DEFAULT_READ_OP_MIN_NUM_BLOCKS
     try:
         with _environ(env):
             yield

@@ -43,14 +43,15 @@ def test_parquet_reader_is_set_for_the_session_and_restored(ray_local, tmp_path)
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    before = ctx.use_datasource_v2, os.environ.get(_PARQUET_READ_UNIT)
+    before = ctx.use_datasource_v2, ctx.read_op_min_num_blocks, os.environ.get(_PARQUET_READ_UNIT)
     pq.write_table(pa.table({"id": [1, 2, 3]}), tmp_path / "a.parquet")
     for reader, v2 in (("v1", False), ("v2", True)):
         with ray_session(RayConfig(parquet_reader=reader, block_mb=8)):
             assert ctx.use_datasource_v2 is v2
+            assert ctx.read_op_min_num_blocks == (200 if v2 else 1)  # v1: no split reads left unfused
             assert os.environ[_PARQUET_READ_UNIT] == str(8 * 2**20)  # v2's read unit: the block size
             assert sorted(r["id"] for r in ray_local.data.read_parquet(str(tmp_path)).take_all()) == [1, 2, 3]
-    assert (ctx.use_datasource_v2, os.environ.get(_PARQUET_READ_UNIT)) == before
+    assert (ctx.use_datasource_v2, ctx.read_op_min_num_blocks, os.environ.get(_PARQUET_READ_UNIT)) == before
 
 
 def test_release_leaves_a_borrowed_ray_running(ray_local):
