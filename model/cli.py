@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from model.attention import BACKENDS
-    from model.train import TrainConfig, launch_local, launch_ray, loss_fell, loss_verdict, preflight, train_and_leave
+    from model.train import (TrainConfig, check_resume_dir, launch_local, launch_ray, loss_fell, loss_verdict,
+                             preflight, train_and_leave)
 
     if not (Path(args.shards) / "manifest.json").is_file():
         raise ConfigError(f"--shards {args.shards}: no manifest.json (not a shard directory?)")
@@ -71,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
     if args.attention not in ("auto", *BACKENDS):
         raise ConfigError(f"--attention {args.attention!r}: choose auto or one of {', '.join(BACKENDS)}")
-    if args.resume and not Path(args.resume).is_dir():
-        raise ConfigError(f"--resume {args.resume}: no such checkpoint directory")
+    if args.resume:
+        check_resume_dir(Path(args.resume))
     under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
     if args.fsdp and not args.ray and not under_torchrun and args.nproc < 2:
         raise ConfigError("--fsdp shards across processes: use --nproc >= 2, --ray or torchrun")

@@ -224,11 +224,26 @@ def schedule_changes(cfg: TrainConfig) -> list[str]:
             if key in state and state[key] != have]
 
 
+def check_resume_dir(path: Path) -> None:
+    """A `--resume` directory that is not there is a ConfigError naming the checkpoint an interrupted
+    save set aside in its place, if there is one (`save_checkpoint` stopped between its two renames)."""
+    from pipeline.config import ConfigError
+
+    if path.is_dir():
+        return
+    aside = path.with_name(path.name + ".old")
+    if aside.is_dir():
+        raise ConfigError(f"--resume {path}: no such checkpoint, but {aside.name} beside it is the one a save "
+                          f"set aside before it was interrupted; resume from {aside}")
+    raise ConfigError(f"--resume {path}: no such checkpoint directory")
+
+
 def resume_step(cfg: TrainConfig, world_size: int) -> int:
     """The step `cfg.resume` is at, once its train state matches this run (else ConfigError)."""
     from pipeline.config import ConfigError
 
     path = Path(cfg.resume)
+    check_resume_dir(path)
     state = _train_state(path)
     if not (path / ".metadata").is_file():  # what dcp.load reads first
         raise ConfigError(f"--resume {path}: incomplete checkpoint (no .metadata)")

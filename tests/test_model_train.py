@@ -156,15 +156,18 @@ def test_resume_with_another_schedule_is_told_and_a_rerun_replaces_its_checkpoin
 
 
 @pytest.mark.parametrize("damage, message", [("truncate", "cannot load the checkpoint"),
-                                             ("metadata", "no .metadata")])
+                                             ("metadata", "no .metadata"),
+                                             ("interrupted", "resume from ")])
 def test_a_damaged_checkpoint_is_one_line(shards, tmp_path, capsys, damage, message):
     assert xdp_main(["smoke-train", "--shards", str(shards), "--steps", "2", "--checkpoint-dir", str(tmp_path)]) == 0
     ckpt = tmp_path / "step-2"
     if damage == "truncate":
         for part in ckpt.glob("*.distcp"):
             part.write_bytes(part.read_bytes()[:100])
-    else:
+    elif damage == "metadata":
         (ckpt / ".metadata").unlink()
+    else:  # a save of the same step stopped after setting the old checkpoint aside
+        os.replace(ckpt, tmp_path / "step-2.old")
     assert xdp_main(["smoke-train", "--shards", str(shards), "--steps", "4", "--resume", str(ckpt)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
