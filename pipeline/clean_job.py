@@ -29,7 +29,7 @@ from pipeline import accounting
 from pipeline.aggregate import sum_by
 from pipeline.config import Config
 from pipeline.job_state import WorkDir, job_config, update_timings
-from pipeline.ray_session import ray_session
+from pipeline.ray_session import cluster_cpus, ray_session
 from pipeline.read import read_file
 from pipeline.schema import READ_SCHEMA, CLEANED_SCHEMA, DOC_COLUMNS, DUPLICATES_SCHEMA, NULL_PARTITION, QUARANTINE_SCHEMA
 from pipeline.sources import InputFile, first_local_files, list_input_files
@@ -275,7 +275,7 @@ class CleanJob:
         if not dirs:
             return []
         # A few bucket directories per task: a task costs ~40 ms, 8 s for the demo's 206 one by one.
-        tasks = min(len(dirs), MERGE_TASKS_PER_CPU * max(1, int(ray.cluster_resources().get("CPU", 1))))
+        tasks = min(len(dirs), MERGE_TASKS_PER_CPU * cluster_cpus())
         merged = ray.data.from_items([{"dir": d} for d in dirs], override_num_blocks=tasks).map_batches(
             merge_buckets, batch_size=None, batch_format="pyarrow",
             fn_kwargs={"frag_dir": frag_dir, "out_dir": out_dir, "schema": schema, "sort_keys": sort_keys})

@@ -285,6 +285,13 @@ def lost_resources(exc: BaseException) -> bool:
     return False
 
 
+def cluster_cpus() -> int:
+    """CPUs of the Ray cluster this process is connected to (at least 1): what task counts scale with."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def run_tasks(fn, args: list[tuple], desc: str, unit: str = "part") -> list:
     """Run one Ray task per argument tuple, with a progress bar; results in argument order."""
     import ray

@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 import pyarrow as pa
 import ray
 
-from pipeline.ray_session import run_tasks
+from pipeline.ray_session import cluster_cpus, run_tasks
 from tokenizer_training.census import Census, CensusHeadStart, census_file, largest_first, summarize
 from tokenizer_training.sampling import SamplePlan, Tally, select
 from tokenizer_training.sources import read_file
@@ -58,7 +58,7 @@ def _sampled_blocks(files: list[str], plan: SamplePlan, languages: frozenset[str
     Plain streaming-generator tasks, not Ray Data: the trainer pulls these on the driver's cores, and
     Ray Data's executor loop there slowed it (50 MB sample: 22.9 s against 18.5 s).
     """
-    ahead = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    ahead = 2 * cluster_cpus()
     plan_ref, languages_ref = ray.put(plan), ray.put(languages)
     queued = list(reversed(files))
     running: list = []
