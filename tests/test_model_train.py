@@ -120,7 +120,7 @@ def test_gradients_are_reduced_only_on_the_last_micro_batch(wrapper, tmp_path):
         # DDP's reducer holds the group. Freed after destroy_process_group, it destroyed the group itself
         # while Python freed this frame, and a CI run hung there (~ProcessGroupGloo joining a gloo thread);
         # so free it first, as `train` does by returning before `train_and_leave` destroys the group.
-        del wrapped, step_fn
+        wrapped = step_fn = None
         if dist.is_initialized():
             dist.destroy_process_group()
     assert synced == [False, False, True]
