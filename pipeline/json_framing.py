@@ -1,10 +1,11 @@
 """Split a JSON byte stream into one piece per record, without holding more than one record in memory.
 
-Two framings: JSON Lines (one record per line) and a top-level JSON array (`[{...}, {...}]`, what
-`json.dump` and many dataset exports write to `.json` files), told apart by the stream's first
-non-blank byte (and, where that opens an array, whether more lines follow a first line that is a whole
-value). Both yield the same tuples, so the reader validates a record the same way whatever
-framed it, and both stop with ReadError after the last complete record when the stream breaks.
+Three framings: JSON Lines (one record per line); a top-level JSON array (`[{...}, {...}]`, what
+`json.dump` and many dataset exports write to `.json` files); and pretty-printed objects one after
+another (`json.dump(obj, indent=2)` of one record or of a metadata file, `jq .` over JSON Lines). They
+are told apart by the stream's first non-blank byte and whether the first line is a whole JSON value.
+All yield the same tuples, so the reader validates a record the same way whatever framed it, and all
+stop with ReadError after the last complete record when the stream breaks.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ _BOM = b"\xef\xbb\xbf"
 
 Piece = tuple[int, Optional[bytes], int, bytes]
 """(position, record bytes or None if over the limit, size in bytes, head of an oversized record).
-The position is the 1-based line number (JSON Lines) or element number (array)."""
+The position is the 1-based line number (JSON Lines), element number (array) or object number."""
 
 
 class ReadError(Exception):
@@ -40,25 +41,26 @@ def chunks(stream: IO[bytes]) -> Iterator[bytes]:
 
 
 def records(stream: IO[bytes], limit: int) -> Iterator[Piece]:
-    """The records of a JSON Lines file, or the elements of a file whose first non-blank byte opens
-    an array."""
+    """The records of a JSON Lines file, the elements of a file whose first non-blank byte opens an
+    array, or the objects of a file whose first line opens an object it does not close."""
     pieces = chunks(stream)
     head = b""
     for chunk in pieces:  # enough bytes to see the first non-blank one
         head += chunk
         if head.removeprefix(_BOM).lstrip(_BLANK):
             break
-    framing = array_elements if _opens_array(head) else lines
-    return framing(itertools.chain([head], pieces), limit)
-
-
-def _opens_array(head: bytes) -> bool:
-    """Whether the stream starting with `head` holds one top-level array. Not where its first line is a
-    whole JSON value and more lines follow: that is a JSON Lines file whose first record is an array
-    (quarantined as no object), and its other records must still be read."""
     start = head.removeprefix(_BOM).lstrip(_BLANK)
-    if not start.startswith(b"["):
-        return False
+    if start.startswith(b"[") and _spans_lines(start):
+        return array_elements(itertools.chain([head], pieces), limit)
+    if start.startswith(b"{") and _spans_lines(start):
+        return _objects_or_lines(itertools.chain([head], pieces), limit)
+    return lines(itertools.chain([head], pieces), limit)
+
+
+def _spans_lines(start: bytes) -> bool:
+    """Whether the value `start` opens is more than its first line. Not where that line is a whole JSON
+    value and more lines follow: a JSON Lines file (whose first record, if an array, is quarantined as
+    no object), whose other records must still be read."""
     first, newline, rest = start.partition(b"\n")
     if not newline or not rest.strip(_BLANK):
         return True
@@ -67,6 +69,45 @@ def _opens_array(head: bytes) -> bool:
     except (ValueError, RecursionError):
         return True
     return False
+
+
+def _objects_or_lines(source: Iterator[bytes], limit: int) -> Iterator[Piece]:
+    """Pretty-printed objects one after another, if the first of them is valid JSON within the record
+    limit; else JSON Lines whose first line is damaged (a cut record must not swallow the records
+    after it). At most the limit and a chunk are held while the first object is looked for."""
+    seen: list[bytes] = []
+    probing = True
+
+    def replayable() -> Iterator[bytes]:
+        for chunk in source:
+            if probing:
+                seen.append(chunk)
+                if sum(map(len, seen)) > limit + CHUNK:
+                    return  # the probe sees an oversized first object; the lines framing reads on
+            yield chunk
+
+    objects = array_elements(replayable(), limit, in_array=False)
+    try:
+        first, error = next(objects, None), None
+    except ReadError as exc:  # the stream broke before the first object was whole
+        first, error = None, exc
+    probing = False
+    if first is None or first[1] is None or not _parses(first[1]):
+        yield from lines(itertools.chain(seen, source), limit)
+        if error is not None:
+            raise error
+        return
+    seen.clear()
+    yield first
+    yield from objects
+
+
+def _parses(data: bytes) -> bool:
+    try:
+        json.loads(data, strict=False)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def lines(chunks: Iterable[bytes], limit: int) -> Iterator[Piece]:
@@ -133,15 +174,17 @@ class _Element:
         return (position, data, len(data), b"") if data else None
 
 
-def array_elements(chunks: Iterable[bytes], limit: int) -> Iterator[Piece]:
-    """One piece per element of the top-level array the stream holds.
+def array_elements(chunks: Iterable[bytes], limit: int, in_array: bool = True) -> Iterator[Piece]:
+    """One piece per element of the top-level array the stream holds; with `in_array` False, one per
+    top-level value of a stream of values (as if it were wrapped in brackets and a value also ended
+    where its closing bracket brings the depth back to the top).
 
     Only strings and bracket depth are tracked, so a damaged element (a stray bracket) is still cut
     at the next top-level comma and left to the JSON parser to reject. A blank element (a trailing
     comma) is no record. A stream that ends inside the array, or holds more than blanks after it,
     raises ReadError after the elements before.
     """
-    depth, in_string, escaped, number, closed = 0, False, False, 0, False
+    depth, in_string, escaped, number, closed = (0 if in_array else 1), False, False, 0, False
     element = _Element(limit)
     for chunk in chunks:
         pos, cut = 0, 0  # scan position; where the current element's unsaved bytes begin
@@ -182,7 +225,14 @@ def array_elements(chunks: Iterable[bytes], limit: int) -> Iterator[Piece]:
             elif depth > 1:  # inside the element: a closing bracket leaves a level, a comma stays
                 if char != b",":
                     depth -= 1
-            elif char == b"}":  # a stray closing brace at the top level: part of a damaged element
+                    if depth == 1 and not in_array:  # the value is whole
+                        element.add(chunk[cut:pos])
+                        piece = element.piece(number + 1)
+                        if piece is not None:
+                            number += 1
+                            yield piece
+                        element, cut = _Element(limit), pos
+            elif char == b"}" or not in_array and char == b"]":  # stray at the top: part of a damaged element
                 pass
             else:  # a top-level comma or the closing bracket ends the element
                 element.add(chunk[cut:pos - 1])
@@ -198,4 +248,6 @@ def array_elements(chunks: Iterable[bytes], limit: int) -> Iterator[Piece]:
         if piece is not None:
             yield piece
             number += 1
-        raise ReadError(f"the stream ended inside the JSON array (after element {number})")
+        if in_array or depth > 1:
+            raise ReadError(f"the stream ended inside the JSON {'array' if in_array else 'object'} "
+                            f"(after {'element' if in_array else 'value'} {number})")

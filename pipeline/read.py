@@ -6,7 +6,8 @@ a record that is not an object, a missing or non-string text, an unknown categor
 record, a Parquet value Python cannot hold (in any column: the row alone is quarantined), or a file
 that breaks mid-way (truncated or damaged gzip/zstd, unreadable) is reported with its file and
 position (JSONL: 1-based line number; a JSON file holding one top-level array, which is read element by
-element: 1-based element number; Parquet: 0-based row index).
+element: 1-based element number; pretty-printed objects one after another: 1-based object number;
+Parquet: 0-based row index).
 
 A file-level failure (cannot be opened: missing, dangling or looping symlink, no permission; not a
 regular file: directory, FIFO, device; broken archive) is one `read_error` row at the position where
@@ -314,7 +315,8 @@ def jsonl_lines(url: str, fmt: str, limit: int) -> Iterator[Piece]:
 
 
 def json_records(url: str, fmt: str, limit: int) -> Iterator[Piece]:
-    """As jsonl_lines, but a file holding one top-level array yields its elements."""
+    """As jsonl_lines, but a file holding one top-level array yields its elements, and one holding
+    pretty-printed objects yields each whole object."""
     with _open_bytes(url) as raw:
         yield from json_framing.records(_decompressed(raw, fmt), limit)
 

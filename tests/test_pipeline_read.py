@@ -300,3 +300,43 @@ def test_jsonl_whose_first_record_is_an_array_is_still_jsonl(tmp_path):
     table = _read(path, "jsonl")
     assert _reasons(table) == ["not_an_object", None, None, None]
     assert table.column("position").to_pylist() == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("chunk", [3, 1 << 20])
+def test_pretty_printed_objects_are_one_record_each(tmp_path, monkeypatch, chunk):
+    import pipeline.json_framing
+
+    monkeypatch.setattr(pipeline.json_framing, "CHUNK", chunk)
+    docs = _docs(5)
+    path = tmp_path / "jq_output.json"  # `jq . docs.jsonl`: whole objects, one after another
+    path.write_text("\n".join(json.dumps(d, indent=2) for d in docs) + "\n")
+    table = _read(path, "jsonl")
+    assert _reasons(table) == [None] * 5
+    assert table.column("position").to_pylist() == [1, 2, 3, 4, 5]
+    assert table.column("text").to_pylist() == [d["text"] for d in docs]
+    meta = tmp_path / "dataset_info.json"
+    meta.write_text(json.dumps({"features": {"text": {"dtype": "string"}}, "splits": {"train": 3}}, indent=2))
+    assert _reasons(_read(meta, "jsonl")) == ["missing_text"]  # one record, not one per line
+
+
+def test_jsonl_with_a_cut_first_line_is_still_read_line_by_line(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "cut off\n' + "\n".join(json.dumps(d) for d in _docs(3)) + "\n")
+    table = _read(path, "jsonl")
+    assert _reasons(table) == ["invalid_json", None, None, None]
+    assert table.column("position").to_pylist() == [1, 2, 3, 4]
+    unclosed = tmp_path / "unclosed.jsonl"  # the probe for a pretty-printed object gives up at the limit
+    unclosed.write_text('{"text": {"nested": [\n' + "\n".join(json.dumps(d) for d in _docs(300)) + "\n")
+    table = _read(unclosed, "jsonl", max_record_bytes=1000)
+    assert _reasons(table) == ["invalid_json"] + [None] * 300
+
+
+def test_pretty_printed_objects_cut_by_a_broken_archive_report_the_break(tmp_path):
+    whole = "\n".join(json.dumps(d, indent=2) for d in _docs(3))
+    late = tmp_path / "late.json.gz"
+    late.write_bytes(gzip.compress(whole.encode())[:-12])  # the archive breaks in the last object
+    table = _read(late, "jsonl.gz")
+    assert _reasons(table)[:2] == [None, None] and _reasons(table)[-1] == "read_error"
+    early = tmp_path / "early.json.gz"
+    early.write_bytes(gzip.compress(json.dumps(_docs(1)[0], indent=2).encode() * 50)[:40])
+    assert _reasons(_read(early, "jsonl.gz"))[-1] == "read_error"  # broken before the first object was whole
