@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,14 @@ def ray_local():
     with data_context(RayConfig()):
         yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_output(tmp_path_factory) -> Path:
+    """`xdp demo` run once per session (two workers): the end-to-end tests read its outputs and the fault
+    tests compare their reruns against its bytes."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--output", str(out), "--train-steps", "0",
+                           "--num-cpus", "2"], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out

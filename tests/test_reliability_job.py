@@ -96,14 +96,12 @@ def _kill_when(proc: subprocess.Popen, marker: Path, timeout: float = 600) -> No
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("reference")
-    config = _config(tmp)
-    rc, err = _finish(_xdp_run(config, tmp / "out", "--num-cpus", "2"))
-    assert rc == 0, err[-4000:]
-    digests = _digests(tmp / "out")
+def reference(demo_output, tmp_path_factory):
+    """The undisturbed run: `xdp demo`'s, which is a job of this config with two workers."""
+    config = _config(tmp_path_factory.mktemp("reference"))
+    digests = _digests(demo_output)
     assert any(name.startswith("shards/shard-") for name in digests) and "stats.json" in digests
-    return config, tmp / "out", digests
+    return config, demo_output, digests
 
 
 def test_timings_hold_the_driver_peak_of_each_step(reference):
