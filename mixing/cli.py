@@ -97,11 +97,15 @@ def cmd_plan(args) -> int:
 def cmd_mix(args) -> int:
     from mixing.job import default_dirs, mix_from_config
     from pipeline.config import load_config
+    from pipeline.preflight import check_output_dir
 
     cfg = load_config(args.config)
     cfg.ray = with_ray_args(cfg.ray, args)
     cleaned, tokenizer = default_dirs(cfg, args.cleaned, args.tokenizer)
-    summary = mix_from_config(cfg, cleaned, tokenizer, args.out or cfg.output)
+    out = args.out or cfg.output
+    check_output_dir(out, "--output" if args.out else "output",
+                     reads=[("--cleaned", cleaned), ("--tokenizer", tokenizer)])
+    summary = mix_from_config(cfg, cleaned, tokenizer, out)
     print(json.dumps(summary))
     return 0
 
@@ -113,24 +117,35 @@ def cmd_stats(args) -> int:
     from mixing.shards import SHARD_GLOB, ShardError
     from mixing.stats import find_shard_dir, shard_stats
     from pipeline.config import ConfigError, RayConfig
+    from pipeline.preflight import check_output_dir
 
+    directory = Path(args.dir)
+    if not directory.is_dir():
+        raise ConfigError(f"{args.dir}: {'not a directory' if directory.exists() else 'no such directory'}")
     shard_dir = find_shard_dir(args.dir)
     if shard_dir is not None:
+        ignored = [flag for flag, value in (("--tokenizer", args.tokenizer), ("--ratios", args.ratios)) if value]
+        if ignored:
+            raise ConfigError(f"{' and '.join(ignored)}: only for a cleaned directory; {args.dir} holds shards, "
+                              "whose manifest names their tokenizer and ratios")
+        if args.report:
+            check_output_dir(args.report, "--report")
         stats = shard_stats(shard_dir, verify=not args.no_verify)
-    elif any(Path(args.dir).glob(SHARD_GLOB)) or any(Path(args.dir).glob(f"shards/{SHARD_GLOB}")):
+    elif any(directory.glob(SHARD_GLOB)) or any(directory.glob(f"shards/{SHARD_GLOB}")):
         raise ShardError(f"{args.dir}: shards but no manifest.json (an unfinished `xdp mix`?)")
-    elif (Path(args.dir) / "_job" / "mix.started.json").is_file():
+    elif (directory / "_job" / "mix.started.json").is_file():
         raise ShardError(f"{args.dir}: a mix started there but wrote no shards yet (an unfinished `xdp mix` or "
-                         f"`xdp run`: rerun it); for the cleaned documents' shares, give {Path(args.dir) / 'cleaned'}")
-    elif Path(args.dir).is_dir():
+                         f"`xdp run`: rerun it); for the cleaned documents' shares, give {directory / 'cleaned'}")
+    else:
         from mixing.job import cleaned_counts
         from mixing.ratios import load_ratios
         from mixing.stats import cleaned_stats, load_stage_stats
 
+        if args.report:  # a report inside the cleaned directory would be read back as documents
+            check_output_dir(args.report, "--report", reads=[("DIR", args.dir)])
+        ratios = load_ratios(args.ratios)
         counts, unit = cleaned_counts(args.dir, args.tokenizer, with_ray_args(RayConfig(), args))
-        stats = cleaned_stats(counts, load_ratios(args.ratios), unit, load_stage_stats(args.dir))
-    else:
-        raise ConfigError(f"{args.dir}: no such directory")
+        stats = cleaned_stats(counts, ratios, unit, load_stage_stats(args.dir))
     if args.report:
         write_report(stats, args.report)
     if args.json:

@@ -32,6 +32,7 @@ from mixing.stats import load_stage_stats, mix_stats
 from mixing.tokenize import TOKENIZED_SCHEMA, TokenizerInfo, bucket_keys, tokenize_batch
 from pipeline.aggregate import sum_by
 from pipeline.config import Config, ConfigError, MixingConfig, RayConfig
+from pipeline.preflight import parquet_schema
 from pipeline.ray_session import ray_session
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ def _check_cleaned(cleaned_dir: str) -> None:
     if stray is not None:  # Arrow and Ray Data would fail on it with a traceback
         raise ConfigError(f"cleaned directory {cleaned_dir}: {stray} is not a Parquet file (a cleaned directory "
                           "holds only the clean job's output)")
+    for f in files:  # a truncated file would fail a Ray task, with a traceback, minutes into the job
+        parquet_schema(root / f, f"cleaned directory {cleaned_dir}")
     names = pds.dataset(cleaned_dir, format="parquet", partitioning="hive").schema.names
     missing = [c for c in ("id", "text", "category") if c not in names]
     if missing:

@@ -63,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from model.attention import BACKENDS
+    from pipeline.preflight import check_output_dir
     from model.train import (TrainConfig, check_resume_dir, launch_local, launch_ray, loss_fell, loss_verdict,
                              preflight, train_and_leave)
 
@@ -74,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--attention {args.attention!r}: choose auto or one of {', '.join(BACKENDS)}")
     if args.resume:
         check_resume_dir(Path(args.resume))
+    if args.checkpoint_dir:  # before training, not when the first save fails
+        check_output_dir(args.checkpoint_dir, "--checkpoint-dir", reads=[("--shards", args.shards)])
     under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
     if args.fsdp and not args.ray and not under_torchrun and args.nproc < 2:
         raise ConfigError("--fsdp shards across processes: use --nproc >= 2, --ray or torchrun")

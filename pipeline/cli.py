@@ -45,6 +45,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def raised(exc: BaseException) -> BaseException:
+    """What the code raised: a Ray task's exception re-raised in the driver is also an instance of the
+    original class, but its message carries Ray's header and the remote traceback."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
 def main(argv: list[str] | None = None) -> int:
     raise_malloc_arena_limit()  # before Ray or any trainer starts a thread
     args = parse_args(argv)
@@ -56,17 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
-        print(f"xdp: config error: {exc}", file=sys.stderr)
+        print(f"xdp: config error: {raised(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # a missing or unreadable file, a full disk: say which, no traceback
         if args.verbose:
             raise
+        exc = raised(exc)
         print(f"xdp: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
     except Exception as exc:
         shards = sys.modules.get("mixing.shards")  # imported by whatever could raise its ShardError
         if shards is not None and isinstance(exc, shards.ShardError) and not args.verbose:
-            print(f"xdp: {exc}", file=sys.stderr)
+            print(f"xdp: {raised(exc)}", file=sys.stderr)
             return 2
         if args.verbose or "ray" not in sys.modules:
             raise

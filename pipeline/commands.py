@@ -182,10 +182,10 @@ def claim_demo_output(out: Path, overwrite: bool) -> None:
     runs with `overwrite`; the tag keeps that from replacing a real job's outputs unasked.
     """
     from pipeline.config import ConfigError
+    from pipeline.preflight import check_output_dir
     from pipeline.write import write_bytes_atomic
 
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output {out} exists and is not a directory")
+    check_output_dir(out, "--output")
     tag = out / "_job" / "demo"
     if not (overwrite or tag.exists() or _demo_inputs(out / "_job")) and any((out / "_job").glob("*.json")):
         raise ConfigError(f"--output {out} holds the outputs of another job, not of `xdp demo`; use another "

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline.config import ConfigError, DedupConfig, RayConfig, validate_dedup
+from pipeline.preflight import check_output_dir
 from pipeline.ray_session import add_ray_args, ray_session, with_ray_args
 
 _BATCH = 4096
@@ -108,8 +109,11 @@ def run(args: argparse.Namespace) -> int:
     if args.no_exact and args.no_near:
         raise ConfigError("--no-exact with --no-near leaves nothing to do")
     if not os.path.isfile(args.input):
-        raise ConfigError(f"input: no such file: {args.input}")
+        what = "a directory, not a file" if os.path.isdir(args.input) else "no such file"
+        raise ConfigError(f"IN.jsonl {args.input}: {what}")
+    check_output_dir(args.output, "OUT_DIR")
     out = Path(args.output)
+    created = not out.exists()
     work = out / ".work"
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -135,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
                     f.write(line if line.endswith("\n") else line + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if created and not any(out.iterdir()):  # a refused input leaves no trace
+            out.rmdir()
     by_stage = Counter(dups.column("stage").to_pylist())
     print(f"{total:,} documents: {by_stage.get('exact', 0):,} exact and {by_stage.get('minhash', 0):,} near "
           f"duplicates removed, {total - len(gone):,} kept -> {out / 'kept.jsonl'}, {out / 'duplicates.parquet'}")

@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 from pipeline import __version__
 from pipeline.config import Config, ConfigError
+from pipeline.preflight import check_output_dir
 from pipeline.write import json_bytes, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -146,8 +147,7 @@ class JobState:
 
     def __init__(self, cfg: Config, steps: tuple[str, ...] = STEPS):
         self.out = Path(cfg.output)
-        if self.out.exists() and not self.out.is_dir():
-            raise ConfigError(f"output: {self.out} exists and is not a directory")
+        check_output_dir(self.out, "output")
         self.dir = self.out / "_job"
         data = job_config(cfg)
         self.records: dict[str, dict] = {}

@@ -13,6 +13,7 @@ import logging
 import sys
 
 from pipeline.config import ConfigError
+from pipeline.preflight import check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def run_langid(args) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
+    check_output_file(args.output, "OUT.jsonl")
     identifier = LanguageIdentifier(args.model, args.threshold, args.rules)
     no_text = 0
 
@@ -120,6 +122,8 @@ def run_tune(args) -> int:
 
     if not args.min_gain >= 0:
         raise ConfigError(f"--min-gain: must be >= 0, got {args.min_gain}")
+    if args.output:  # written after the tuning: checked before it
+        check_output_file(args.output, "--output")
     identifier = LanguageIdentifier(args.model, args.threshold, args.rules)
     rules, report = tune(read_labelled(args.dev), identifier, seed=args.seed, min_gain=args.min_gain)
     identifier.rules = rules

@@ -38,6 +38,8 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[int, str, dict]]:
     from pipeline.config import ConfigError
     from pipeline.read import ReadError, jsonl_lines, map_json
 
+    if Path(path).is_dir():
+        raise ConfigError(f"{path}: a directory, not a JSONL file")
     fmt = {"gz": "jsonl.gz", "zst": "jsonl.zst"}.get(_compression(path), "jsonl")
     line_no = 0
     try:

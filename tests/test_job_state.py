@@ -111,7 +111,7 @@ def test_workdir_keeps_only_completed_results_of_the_same_fingerprint(tmp_path):
 
 def test_an_output_path_that_is_a_file_is_refused_before_any_work(inputs, tmp_path):
     (tmp_path / "out").write_text("not a directory")
-    with pytest.raises(ConfigError, match="output: .*out exists and is not a directory"):
+    with pytest.raises(ConfigError, match="output .*out exists and is not a directory"):
         JobState(_cfg(inputs, tmp_path / "out"))
 
 

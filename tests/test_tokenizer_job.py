@@ -197,7 +197,7 @@ def test_cli_rejects_bad_values(tmp_path):
         args.func(args)
     (tmp_path / "file").write_text("")  # refused before Ray starts or the input is read
     args = _parse(["train-tokenizer", "--input", str(tmp_path), "--output", str(tmp_path / "file")])
-    with pytest.raises(ConfigError, match="--output: .*file exists and is not a directory"):
+    with pytest.raises(ConfigError, match="--output .*file exists and is not a directory"):
         args.func(args)
     args = _parse(["tokenizer-eval", str(tmp_path), "--input", str(tmp_path)])
     with pytest.raises(ConfigError, match="no tokenizer.json"):

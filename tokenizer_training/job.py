@@ -11,6 +11,7 @@ from typing import Iterator, Optional
 
 from mixing.ratios import load_ratios
 from pipeline.config import Config, ConfigError, RayConfig, TokenizerConfig, validate_tokenizer
+from pipeline.preflight import check_output_dir
 from pipeline.ray_session import ray_session
 from tokenizer_training.census import census_head_start
 from tokenizer_training.memory import (DRIVER_ALLOWANCE_BYTES, PeakRSS, affordable_sample_bytes, current_rss,
@@ -67,8 +68,8 @@ def train_tokenizer(inputs: list[str] | str, output_dir: str, tok_cfg: Tokenizer
                     ray_cfg: Optional[RayConfig] = None, show_progress: bool = True) -> dict:
     """Train and write the tokenizer directory; returns the training report."""
     validate_tokenizer(tok_cfg)
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ConfigError(f"--output: {output_dir} exists and is not a directory")
+    check_output_dir(output_dir, "--output", reads=[("--input", path) for path in
+                                                    ([inputs] if isinstance(inputs, str) else inputs)])
     ratios = load_ratios(tok_cfg.ratios)
     files = list_input_files(inputs)
     languages = frozenset(ratios.languages)

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from pipeline.config import ConfigError, infer_format
+from pipeline.preflight import parquet_schema
 
 COLUMNS = ("id", "text", "category", "lang", "code_lang")
 SCHEMA = pa.schema([(name, pa.string()) for name in COLUMNS])
@@ -51,7 +52,11 @@ def list_input_files(inputs: list[str] | str) -> list[str]:
             found.update(matches)
     if not found:
         raise ConfigError(f"--input {', '.join(inputs)}: no JSONL or Parquet files found")
-    return sorted(os.path.abspath(f) for f in found)
+    files = sorted(os.path.abspath(f) for f in found)
+    for path in files:  # in the driver: a Ray task would fail on them with its traceback
+        if infer_format(path) == "parquet" and "text" not in parquet_schema(path, "--input").names:
+            raise ConfigError(f"--input: {path}: Parquet file has no 'text' column")
+    return files
 
 
 def safe_text(text: str) -> str:
