@@ -13,7 +13,7 @@ from typing import Optional
 
 import yaml
 
-from pipeline.config import CATEGORIES, CODE, ConfigError
+from pipeline.config import CATEGORIES, CODE, ConfigError, load_yaml
 
 TABLES = ("categories", "languages", "code_languages")
 ALLOWED_KEYS = {"name", "sequence_length", "vocab_size", "model", *TABLES}
@@ -66,7 +66,7 @@ def load_ratios(path: Optional[str | Path] = None) -> RatioTables:
     """Load and normalize a ratio YAML (default: the shipped XVERSE-65B tables)."""
     path = Path(path) if path is not None else default_ratios_path()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"ratios {path}: cannot read: {exc}") from None
     if not isinstance(data, dict):

@@ -399,14 +399,42 @@ def config_from_dict(data: dict, base_dir: Optional[Path] = None) -> Config:
     return validate(cfg)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys in a mapping; a config that names a section twice
+    would lose the first one unseen."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if duplicate:  # the YAML spec forbids it too
+                raise yaml.YAMLError(f"line {key_node.start_mark.line + 1}: the key {key!r} is given twice "
+                                     "in one mapping")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """`yaml.safe_load`, refusing a key given twice in one mapping."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def load_config(path: str | os.PathLike) -> Config:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {path}: a directory, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc})") from None
+    if not isinstance(data, (dict, type(None))):
+        raise ConfigError(f"{path}: expected a mapping of sections (inputs, output, ...), got {type(data).__name__}")
     return config_from_dict(data or {}, base_dir=path.resolve().parent)

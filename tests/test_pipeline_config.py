@@ -101,6 +101,23 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(tmp_path / "latin1.yaml")
 
 
+def test_a_key_given_twice_or_a_config_that_is_no_mapping_is_refused(tmp_path):
+    """PyYAML would keep the second `dedup:` and drop the first section unseen."""
+    (tmp_path / "job.yaml").write_text("inputs: [{path: a.jsonl, category: web}]\ndedup: {threshold: 0.7}\n"
+                                       "output: out\ndedup: {num_perm: 64}\n")
+    with pytest.raises(ConfigError, match="not valid YAML: line 4: the key 'dedup' is given twice"):
+        load_config(tmp_path / "job.yaml")
+    (tmp_path / "job.yaml").write_text("inputs: [{path: a.jsonl, category: web, category: code}]\noutput: out\n")
+    with pytest.raises(ConfigError, match="line 1: the key 'category' is given twice"):
+        load_config(tmp_path / "job.yaml")
+    for text, kind in (("false\n", "bool"), ("[]\n", "list")):
+        (tmp_path / "job.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=f"expected a mapping of sections .*, got {kind}$"):
+            load_config(tmp_path / "job.yaml")
+    with pytest.raises(ConfigError, match="a directory, not a YAML file"):
+        load_config(tmp_path)
+
+
 def test_cli_reports_missing_files_without_a_traceback(capsys):
     from pipeline.cli import main
 
