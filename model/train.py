@@ -64,27 +64,28 @@ class TrainConfig:
     verify: bool = True  # check the shards' sha256 against the manifest
 
     def __post_init__(self) -> None:
-        from pipeline.config import ConfigError
+        """Checked as `xdp smoke-train` flags, the way every TrainConfig is made."""
+        from pipeline.config import ConfigError, cli_flag
 
         if self.loss_chunk is not None and self.loss_chunk < 0:
-            raise ConfigError(f"smoke-train loss_chunk must be >= 0, got {self.loss_chunk}")
+            raise ConfigError(f"--loss-chunk must be >= 0, got {self.loss_chunk}")
         for name in ("batch_size", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"smoke-train {name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{cli_flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.steps < MIN_STEPS:
-            raise ConfigError(f"smoke-train steps must be >= {MIN_STEPS}, got {self.steps}: the verdict compares "
+            raise ConfigError(f"--steps must be >= {MIN_STEPS}, got {self.steps}: the verdict compares "
                               "the first and the last loss")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:  # `not >` also refuses NaN
-            raise ConfigError(f"smoke-train lr must be > 0 and min_lr_ratio within [0, 1], got {self.lr}, "
+            raise ConfigError(f"--lr must be > 0 and min_lr_ratio within [0, 1], got {self.lr}, "
                               f"{self.min_lr_ratio}")
         if not self.peak_tflops > 0:
-            raise ConfigError(f"smoke-train peak_tflops must be > 0, got {self.peak_tflops}")
+            raise ConfigError(f"--peak-tflops must be > 0, got {self.peak_tflops}")
         if self.checkpoint_every < 0:
-            raise ConfigError("smoke-train checkpoint_every must be >= 0")
+            raise ConfigError("--checkpoint-every must be >= 0")
         if self.checkpoint_every and not self.checkpoint_dir:
-            raise ConfigError("smoke-train checkpoint_every needs a checkpoint_dir (--checkpoint-dir)")
+            raise ConfigError("--checkpoint-every needs --checkpoint-dir")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
-            raise ConfigError(f"smoke-train warmup_steps must be within [0, steps={self.steps}]")
+            raise ConfigError(f"--warmup-steps must be within [0, --steps {self.steps}]")
 
 
 def warmup_steps(cfg: TrainConfig) -> int:

@@ -199,8 +199,11 @@ def cmd_demo(args) -> int:
     cfg.ray = with_ray_args(cfg.ray, args)
     train_cfg = None
     if args.train_steps:  # checked before the job, not after it
-        from model.train import TrainConfig
+        from model.train import MIN_STEPS, TrainConfig
+        from pipeline.config import ConfigError
 
+        if args.train_steps < MIN_STEPS:
+            raise ConfigError(f"--train-steps must be 0 (no training) or >= {MIN_STEPS}, got {args.train_steps}")
         train_cfg = TrainConfig(shards=os.path.join(cfg.output, "shards"), preset="tiny", steps=args.train_steps)
     claim_demo_output(Path(cfg.output), args.overwrite)
     summary = run_job(cfg, overwrite=True)

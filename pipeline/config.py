@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 
@@ -228,16 +228,26 @@ def _check_range(where: str, value, lo=None, hi=None, lo_open=False):
         raise ConfigError(f"{where}: {value} is out of range (must be <= {hi})")
 
 
-def validate_tokenizer(tok: TokenizerConfig) -> TokenizerConfig:
-    """The tokenizer section alone, so `xdp train-tokenizer` checks its flags the same way."""
-    _check_range("tokenizer.vocab_size", tok.vocab_size, 260)  # 256 bytes + 3 specials + 1 merge
-    _check_range("tokenizer.sample_bytes", tok.sample_bytes, 1)
-    _check_range("tokenizer.temperature", tok.temperature, 0.0, 1.0, lo_open=True)
-    _check_range("tokenizer.min_frequency", tok.min_frequency, 1)
-    _check_range("tokenizer.seed", tok.seed, 0, SEED_MAX)
+def cli_flag(field: str) -> str:
+    """A field's command-line flag, `num_perm` -> `--num-perm`: what an error in a flag should name."""
+    return "--" + field.replace("_", "-")
+
+
+def in_section(section: str) -> Callable[[str], str]:
+    """Names of a config section's fields, `dedup.num_perm`: what an error in a config file should name."""
+    return lambda field: f"{section}.{field}"
+
+
+def validate_tokenizer(tok: TokenizerConfig, name: Callable[[str], str] = in_section("tokenizer")) -> TokenizerConfig:
+    """The tokenizer section alone, so `xdp train-tokenizer` checks its flags (`name=cli_flag`) the same way."""
+    _check_range(name("vocab_size"), tok.vocab_size, 260)  # 256 bytes + 3 specials + 1 merge
+    _check_range(name("sample_bytes"), tok.sample_bytes, 1)
+    _check_range(name("temperature"), tok.temperature, 0.0, 1.0, lo_open=True)
+    _check_range(name("min_frequency"), tok.min_frequency, 1)
+    _check_range(name("seed"), tok.seed, 0, SEED_MAX)
     if tok.max_memory is not None:
-        _check_range("tokenizer.max_memory", tok.max_memory, 1)
-    _check_ratios("tokenizer.ratios", tok.ratios)
+        _check_range(name("max_memory"), tok.max_memory, 1)
+    _check_ratios(name("ratios"), tok.ratios)
     return tok
 
 
@@ -255,23 +265,23 @@ def _check_ratios(where: str, path: Optional[str]) -> None:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def validate_dedup(dedup: DedupConfig) -> DedupConfig:
-    """The dedup section alone, so `xdp dedup` checks its flags the same way."""
-    _check_range("dedup.threshold", dedup.threshold, 0.0, 1.0, lo_open=True)
-    _check_range("dedup.num_perm", dedup.num_perm, 2)
-    _check_range("dedup.ngram", dedup.ngram, 1)
-    _check_range("dedup.char_ngram", dedup.char_ngram, 1)
-    _check_range("dedup.num_partitions", dedup.num_partitions, 1)
-    _check_range("dedup.partition_chars", dedup.partition_chars, 1)
-    _check_range("dedup.partition_docs", dedup.partition_docs, 1)
-    _check_range("dedup.max_iterations", dedup.max_iterations, 1)
-    _check_range("dedup.seed", dedup.seed, 0, SEED_MAX)
+def validate_dedup(dedup: DedupConfig, name: Callable[[str], str] = in_section("dedup")) -> DedupConfig:
+    """The dedup section alone, so `xdp dedup` checks its flags (`name=cli_flag`) the same way."""
+    _check_range(name("threshold"), dedup.threshold, 0.0, 1.0, lo_open=True)
+    _check_range(name("num_perm"), dedup.num_perm, 2)
+    _check_range(name("ngram"), dedup.ngram, 1)
+    _check_range(name("char_ngram"), dedup.char_ngram, 1)
+    _check_range(name("num_partitions"), dedup.num_partitions, 1)
+    _check_range(name("partition_chars"), dedup.partition_chars, 1)
+    _check_range(name("partition_docs"), dedup.partition_docs, 1)
+    _check_range(name("max_iterations"), dedup.max_iterations, 1)
+    _check_range(name("seed"), dedup.seed, 0, SEED_MAX)
     from pipeline.minhash import lsh_params  # minhash imports this module
 
     try:
         lsh_params(dedup.threshold, dedup.num_perm)
     except ValueError as exc:  # datasketch finds no (bands, rows) split of num_perm for this threshold
-        raise ConfigError(f"dedup.threshold {dedup.threshold} with dedup.num_perm {dedup.num_perm}: no LSH "
+        raise ConfigError(f"{name('threshold')} {dedup.threshold} with {name('num_perm')} {dedup.num_perm}: no LSH "
                           f"banding fits ({exc}); lower the threshold or raise num_perm") from None
     return dedup
 

@@ -12,7 +12,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from pipeline.config import ConfigError, DedupConfig, RayConfig, validate_dedup
+from pipeline.config import ConfigError, DedupConfig, RayConfig, cli_flag, validate_dedup
 from pipeline.preflight import check_output_dir
 from pipeline.ray_session import add_ray_args, ray_session, with_ray_args
 
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = validate_dedup(DedupConfig(exact=not args.no_exact, near=not args.no_near, threshold=args.threshold,
                                      num_perm=args.num_perm, ngram=args.ngram, char_ngram=args.char_ngram,
-                                     seed=args.seed, num_partitions=args.num_partitions))
+                                     seed=args.seed, num_partitions=args.num_partitions), name=cli_flag)
     if args.no_exact and args.no_near:
         raise ConfigError("--no-exact with --no-near leaves nothing to do")
     if not os.path.isfile(args.input):

@@ -13,12 +13,12 @@ from __future__ import annotations
 import functools
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
 from pipeline import code_lang
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, in_section
 from pipeline.langid_rules import OTHER, LangIdRules
 
 if TYPE_CHECKING:
@@ -46,12 +46,12 @@ class LanguageIdentifier:
     """
 
     def __init__(self, model_path: Optional[str | Path] = None, threshold: float = 0.0,
-                 rules: LangIdRules | str | Path | None = None):
+                 rules: LangIdRules | str | Path | None = None, name: Callable[[str], str] = in_section("langid")):
         if not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"langid.threshold: {threshold} is out of range (must be in [0, 1])")
+            raise ConfigError(f"{name('threshold')}: {threshold} is out of range (must be in [0, 1])")
         self.model_path = str(model_path) if model_path is not None else default_model_path()
         if not Path(self.model_path).is_file():
-            raise ConfigError(f"langid.model: no such file: {self.model_path}")
+            raise ConfigError(f"{name('model')}: no such file: {self.model_path}")
         self.threshold = float(threshold)
         self.rules = rules if isinstance(rules, LangIdRules) else LangIdRules.load(rules)
 
@@ -60,7 +60,7 @@ class LanguageIdentifier:
         try:
             self._model = fasttext.load_model(self.model_path)
         except ValueError as exc:  # fastText's message for a file that is not a model
-            raise ConfigError(f"langid.model: {self.model_path}: not a fastText model ({exc})") from None
+            raise ConfigError(f"{name('model')}: {self.model_path}: not a fastText model ({exc})") from None
 
     def top_k(self, texts: Sequence[str]) -> list[tuple[tuple[str, ...], tuple[float, ...]]]:
         """The model's raw top-k ``(labels, probabilities)`` per text (newlines flattened for fastText)."""

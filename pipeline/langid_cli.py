@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, cli_flag
 from pipeline.preflight import check_output_file
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def run_langid(args) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
     check_output_file(args.output, "OUT.jsonl")
-    identifier = LanguageIdentifier(args.model, args.threshold, args.rules)
+    identifier = LanguageIdentifier(args.model, args.threshold, args.rules, name=cli_flag)
     no_text = 0
 
     def flush(batch, out):
@@ -124,7 +124,7 @@ def run_tune(args) -> int:
         raise ConfigError(f"--min-gain: must be >= 0, got {args.min_gain}")
     if args.output:  # written after the tuning: checked before it
         check_output_file(args.output, "--output")
-    identifier = LanguageIdentifier(args.model, args.threshold, args.rules)
+    identifier = LanguageIdentifier(args.model, args.threshold, args.rules, name=cli_flag)
     rules, report = tune(read_labelled(args.dev), identifier, seed=args.seed, min_gain=args.min_gain)
     identifier.rules = rules
     for path in args.eval:

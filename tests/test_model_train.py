@@ -197,11 +197,11 @@ def test_rows_longer_than_the_context_are_refused_before_training(tmp_path, caps
     (["--fsdp"], "--fsdp"),
     (["--attention", "xformers"], "--attention"),
     (["--steps", "0"], "steps"),
-    (["--steps", "1"], "steps must be >= 2"),
-    (["--grad-accum", "0"], "grad_accum"),
+    (["--steps", "1"], "--steps must be >= 2"),
+    (["--grad-accum", "0"], "--grad-accum must be >= 1, got 0"),
     (["--resume", "{missing}"], "no such checkpoint"),
-    (["--lr", "nan"], "lr must be > 0"),
-    (["--checkpoint-every", "1"], "needs a checkpoint_dir"),
+    (["--lr", "nan"], "--lr must be > 0"),
+    (["--checkpoint-every", "1"], "--checkpoint-every needs --checkpoint-dir"),
     (["--nproc", "17"], "16 sequences for 17 processes"),  # refused before any worker starts
 ])
 def test_bad_input_is_a_clean_config_error(shards, tmp_path, capsys, args, message):

@@ -133,6 +133,15 @@ def test_cli_reports_missing_files_without_a_traceback(capsys):
     (["demo", "--output", "{tmp}/in.jsonl"], "exists and is not a directory"),
     (["run", "--config", "{tmp}/job.yaml", "--steps", ""], "unknown step ''"),
     (["run", "--config", "{tmp}/job.yaml", "--steps", "tokenizer"], "the config disables it"),
+    # a flag's error names the flag, not the config key it stands for
+    (["dedup", "{tmp}/in.jsonl", "{tmp}/out", "--num-perm", "0"], "--num-perm: 0 is out of range"),
+    (["dedup", "{tmp}/in.jsonl", "{tmp}/out", "--threshold", "0.99", "--num-perm", "4"],
+     "--threshold 0.99 with --num-perm 4: no LSH banding fits"),
+    (["langid", "{tmp}/in.jsonl", "{tmp}/o.jsonl", "--threshold", "2"], "--threshold: 2.0 is out of range"),
+    (["langid", "{tmp}/in.jsonl", "{tmp}/o.jsonl", "--model", "{tmp}/none.bin"], "--model: no such file"),
+    (["train-tokenizer", "--input", "{tmp}/in.jsonl", "--output", "{tmp}/out", "--vocab-size", "5"],
+     "--vocab-size: 5 is out of range"),
+    (["demo", "--output", "{tmp}/out", "--train-steps", "-1"], "--train-steps must be 0 (no training) or >= 2"),
 ])
 def test_cli_commands_that_could_do_nothing_or_the_wrong_thing_say_so(tmp_path, capsys, argv, message):
     """Refused with one line (exit 2) before any work starts."""

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import re
 
-from pipeline.config import ConfigError, RayConfig, TokenizerConfig
+from pipeline.config import ConfigError, RayConfig, TokenizerConfig, cli_flag, validate_tokenizer
 from pipeline.ray_session import add_ray_args, with_ray_args
 
 _DEFAULTS = TokenizerConfig()
@@ -28,7 +28,7 @@ def _train(args) -> int:
     overrides = {name: getattr(args, name) for name in
                  ("vocab_size", "sample_bytes", "seed", "temperature", "min_frequency", "max_memory", "ratios")
                  if getattr(args, name) is not None}
-    tok_cfg = dataclasses.replace(_DEFAULTS, **overrides)
+    tok_cfg = validate_tokenizer(dataclasses.replace(_DEFAULTS, **overrides), name=cli_flag)
     report = train_tokenizer(args.input, args.output, tok_cfg,
                              with_ray_args(RayConfig(), args))
     sample = report["sample"]
