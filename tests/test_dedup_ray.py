@@ -202,7 +202,7 @@ def test_cli_rejects_bad_json_and_flags(tmp_path):
     src.write_text('{"id": "a", "text": "x"}\n{oops\n')
     with pytest.raises(ConfigError, match=r"in.jsonl:2: not valid JSON"):
         _cli(src, tmp_path / "out")
-    with pytest.raises(ConfigError, match="dedup.threshold"):
+    with pytest.raises(ConfigError, match="--threshold: 1.5 is out of range"):
         _cli(src, tmp_path / "out", "--threshold", "1.5")
     with pytest.raises(ConfigError, match="no such file"):
         _cli(tmp_path / "missing.jsonl", tmp_path / "out")
