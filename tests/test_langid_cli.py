@@ -125,6 +125,6 @@ def test_an_output_that_is_a_directory_is_refused_before_any_work(tmp_path):
     src = tmp_path / "in.jsonl"
     write_jsonl(src, RECORDS)
     (tmp_path / "out").mkdir()
-    with pytest.raises(IsADirectoryError, match="out"):
+    with pytest.raises(ConfigError, match="OUT.jsonl .*out is a directory, not a file"):
         xdp("langid", str(src), str(tmp_path / "out"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out"]  # no temp file left

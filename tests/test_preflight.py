@@ -60,7 +60,6 @@ def _listing(root: Path) -> list[str]:
     (["dedup", "{tmp}/in.jsonl", "{tmp}/afile"], "OUT_DIR {tmp}/afile exists and is not a directory"),
     (["dedup", "{tmp}/cleaned", "{tmp}/out"], "IN.jsonl {tmp}/cleaned: a directory, not a file"),
     (["langid", "{tmp}/cleaned", "{tmp}/o.jsonl"], "{tmp}/cleaned: a directory, not a JSONL file"),
-    (["langid", "{tmp}/in.jsonl", "{tmp}/cleaned"], "OUT.jsonl {tmp}/cleaned is a directory, not a file"),
     (["tune-langid", "{tmp}/in.jsonl", "--output", "{tmp}/cleaned"], "--output {tmp}/cleaned is a directory"),
     (["plan", "--config", "{tmp}/job.yaml", "--cleaned", "{tmp}/bad"],
      "{tmp}/bad/part-0.parquet is not a readable Parquet file"),

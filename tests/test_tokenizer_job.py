@@ -193,7 +193,7 @@ def test_cli_rejects_bad_values(tmp_path):
     with pytest.raises(SystemExit):
         _parse(["train-tokenizer", "--input", "x", "--output", "y", "--max-memory", "lots"])
     args = _parse(["train-tokenizer", "--input", str(tmp_path), "--output", "y", "--temperature", "0"])
-    with pytest.raises(ConfigError, match="tokenizer.temperature"):
+    with pytest.raises(ConfigError, match="--temperature: 0.0 is out of range"):
         args.func(args)
     (tmp_path / "file").write_text("")  # refused before Ray starts or the input is read
     args = _parse(["train-tokenizer", "--input", str(tmp_path), "--output", str(tmp_path / "file")])
