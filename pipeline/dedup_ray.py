@@ -36,7 +36,7 @@ from pipeline import dedup
 from pipeline.aggregate import sum_by
 from pipeline.write import write_parquet_atomic
 from pipeline.config import DedupConfig
-from pipeline.minhash import MinHasher, lsh_params
+from pipeline.minhash import MinHasher, has_words, lsh_params
 from pipeline.ray_session import run_tasks
 
 log = logging.getLogger(__name__)
@@ -209,9 +209,10 @@ def _near_map(batch: pa.Table, cfg: DedupConfig, bands: int, rows: int, root: st
     ids = batch.column("id").combine_chunks()
     _write_pieces(batch, dedup.partition_of(ids, P), root_path, "docs")
     langs = batch.column("lang").to_pylist() if "lang" in batch.column_names else None
-    sigs = _hasher(cfg.num_perm, cfg.ngram, cfg.seed, cfg.char_ngram).signatures(
-        batch.column("text").to_pylist(), langs)
-    table = dedup.band_table(ids, sigs, bands, rows)
+    texts = batch.column("text").to_pylist()
+    sigs = _hasher(cfg.num_perm, cfg.ngram, cfg.seed, cfg.char_ngram).signatures(texts, langs)
+    worded = has_words(texts)  # the rest would all match each other; exact dedup has seen them
+    table = dedup.band_table(ids.filter(pa.array(worded)), sigs[worded], bands, rows)
     parts = (table.column("band_key").to_numpy() % np.uint64(P)).astype(np.int64)  # already a hash
     _write_pieces(table, parts, root_path, "bands")
     return _batch_stats(batch)

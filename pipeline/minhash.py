@@ -104,6 +104,13 @@ def _char_class(table: np.ndarray) -> str:
     return "[" + "".join(f"\\U{lo:08x}-\\U{hi - 1:08x}" for lo, hi in zip(edges[::2], edges[1::2])) + "]"
 
 
+def has_words(texts: Sequence[str]) -> np.ndarray:
+    """Which documents hold a word character. One without (empty, only emoji or punctuation) has just
+    the empty shingle, which every such document shares, so its signature says nothing about it."""
+    word_run = _tables()[2]
+    return np.fromiter((word_run.search(text) is not None for text in texts), dtype=bool, count=len(texts))
+
+
 def token_value(token: str) -> int:
     """The 64-bit value of one token: fmix64 of the polynomial sum of code point * BASE**position."""
     acc, power = 0, 1

@@ -138,6 +138,18 @@ def test_label_propagation_that_cannot_converge_fails_clearly(ray_local, tmp_pat
         ("c1", "c0"), ("c2", "c0"), ("c3", "c0"), ("c5", "c4"), ("c6", "c4"), ("c7", "c4")]
 
 
+def test_documents_without_words_are_not_near_duplicates_of_each_other(ray_local, tmp_path):
+    """Emoji- or punctuation-only texts all reduce to the empty shingle; MinHash cannot tell them apart."""
+    from pipeline.dedup_ray import near_dedup
+
+    base = " ".join(_words(random.Random(9), 60))
+    rows = [{"id": "e1", "text": "😀😀🎉🎉 🎂🎂"}, {"id": "e2", "text": "★★★ ☆☆☆ ◆◆◆"}, {"id": "e3", "text": "→ ← ↑ ↓"},
+            {"id": "e4", "text": ""}, {"id": "w1", "text": base}, {"id": "w2", "text": base + " extra"}]
+    kept, dups = near_dedup(ray_local.data.from_items(rows), DedupConfig(num_partitions=2), str(tmp_path))
+    assert [(r["id"], r["duplicate_of"]) for r in dups.take_all()] == [("w2", "w1")]
+    assert sorted(r["id"] for r in kept.take_all()) == ["e1", "e2", "e3", "e4", "w1"]
+
+
 def test_a_long_chain_of_near_duplicates_converges_in_few_rounds(ray_local, tmp_path):
     from pipeline.dedup_ray import near_dedup
 
