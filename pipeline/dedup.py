@@ -66,7 +66,15 @@ def _as_bytes(values: pa.Array):
     return values.to_pylist()
 
 
+def check_id_type(id_type: pa.DataType) -> None:
+    """Survivors are the smallest id as a string ("10" < "9"), so ids must be strings, not numbers."""
+    if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type)):
+        raise ValueError(f"dedup: the id column must hold strings, got {id_type} (cast the ids: survivors are "
+                         "the smallest id as a string)")
+
+
 def _check_ids(table: pa.Table) -> None:
+    check_id_type(table.column("id").type)
     if table.column("id").null_count:
         raise ValueError("dedup: documents need a non-null string id")
 
@@ -269,10 +277,15 @@ def split_duplicates(docs: pa.Table, labels: Optional[pa.Table]) -> tuple[pa.Tab
     """Kept documents (sorted by id) and duplicates (stage "minhash", duplicate_of = the component's
     smallest id) of one id partition, given the final labels of that partition's nodes."""
     _check_ids(docs)
+    ids = docs.column("id").cast(pa.string())  # as the labels hold them
+    if pc.count_distinct(ids).as_py() != docs.num_rows:  # all copies of an id share its partition
+        counts = pc.value_counts(ids)
+        repeated = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
+        raise ValueError(f"dedup: ids must be unique, but {repeated!r} names several documents")
     if labels is None or labels.num_rows == 0:
         return docs.sort_by("id"), DUPLICATE_SCHEMA.empty_table()
     removed = labels.filter(pc.not_equal(labels.column("node"), labels.column("label"))).select(["node", "label"])
-    narrow = pa.table({"id": docs.column("id"), "_row": np.arange(docs.num_rows)})
+    narrow = pa.table({"id": ids, "_row": np.arange(docs.num_rows)})
     label = _in_row_order(narrow.join(removed, "id", right_keys="node", join_type="left outer")).column("label")
     is_dup = pc.is_valid(label)
     kept = docs.filter(pc.invert(is_dup)).sort_by("id")

@@ -92,6 +92,9 @@ def _check_columns(ds: ray.data.Dataset, stage: str) -> None:
     missing = [c for c in ("id", "text") if c not in names]
     if missing:
         raise ValueError(f"{stage} dedup: input has no {', '.join(missing)} column (columns: {', '.join(names)})")
+    schema = ds.schema()
+    if schema is not None and isinstance(schema.base_schema, pa.Schema):  # in the driver, not in a task
+        dedup.check_id_type(schema.base_schema.field("id").type)
 
 
 def _unified_schema(stats: list[dict]) -> pa.Schema:

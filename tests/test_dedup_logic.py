@@ -164,6 +164,32 @@ def test_null_ids_are_rejected():
         dedup.split_duplicates(docs, None)
 
 
+def test_large_string_ids_split_as_string_ids_do():
+    """Polars and some Arrow readers give large_string; the labels hold string."""
+    docs = _docs(pa.array(["a", "b", "z"], pa.large_string()), ["t1", "t2", "t3"])
+    labels = pa.table({"node": ["a", "b"], "label": ["a", "a"], "changed": [False] * 2}, schema=dedup.LABEL_SCHEMA)
+    kept, dups = dedup.split_duplicates(docs, labels)
+    assert kept.column("id").to_pylist() == ["a", "z"] and kept.schema == docs.schema
+    assert dups.select(["id", "duplicate_of"]).to_pydict() == {"id": ["b"], "duplicate_of": ["a"]}
+
+
+@pytest.mark.parametrize("step", ["exact", "near"])
+def test_numeric_ids_are_refused_not_compared_as_numbers(step):
+    """The survivor is the smallest id as a string: with integer ids, 9 would beat 10 the other way round."""
+    docs = _docs([9, 10], ["same", "same"])
+    with pytest.raises(ValueError, match="the id column must hold strings, got int64"):
+        if step == "exact":
+            dedup.exact_survivors(docs.append_column("_key", dedup.exact_keys(docs.column("text").combine_chunks())))
+        else:
+            dedup.split_duplicates(docs, None)
+
+
+def test_an_id_that_names_several_documents_is_refused():
+    """Labels are per id: a repeated id would remove every document that carries it."""
+    with pytest.raises(ValueError, match="ids must be unique, but 'a' names several documents"):
+        dedup.split_duplicates(_docs(["a", "b", "a"], ["t1", "t2", "t3"]), None)
+
+
 def test_near_pipeline_in_one_partition_finds_mutated_copies():
     rng = np.random.default_rng(0)
     base = [" ".join(f"w{x}" for x in rng.integers(0, 10**6, 200)) for _ in range(20)]

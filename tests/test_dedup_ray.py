@@ -162,11 +162,16 @@ def test_a_long_chain_of_near_duplicates_converges_in_few_rounds(ray_local, tmp_
     assert sorted((r["id"], r["duplicate_of"]) for r in dups.take_all()) == [(f"c{i:02d}", "c00") for i in range(1, 60)]
 
 
-def test_missing_columns_are_named(ray_local, tmp_path):
-    from pipeline.dedup_ray import exact_dedup
+def test_missing_columns_and_numeric_ids_are_named_in_the_driver(ray_local, tmp_path):
+    from pipeline.dedup_ray import exact_dedup, near_dedup
 
     with pytest.raises(ValueError, match="no text column"):
         exact_dedup(ray_local.data.from_items([{"id": "a", "body": "x"}]), CFG, str(tmp_path))
+    numeric = ray_local.data.from_items([{"id": 9, "text": "x"}, {"id": 10, "text": "x"}])
+    for step in (exact_dedup, near_dedup):
+        with pytest.raises(ValueError, match="the id column must hold strings, got int64") as err:
+            step(numeric, CFG, str(tmp_path))
+        assert type(err.value) is ValueError  # not a Ray task's error
 
 
 # --------------------------------------------------------------------------- CLI
