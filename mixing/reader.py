@@ -176,10 +176,16 @@ class IterablePackedShards(IterableDataset):
         self.sequence_length = self._index.sequence_length
         self.seed = seed
         self.block = block
-        self.epoch = 0
+        # In shared memory: DataLoader workers with persistent_workers=True keep the copy of the dataset
+        # they started with, and must still see each set_epoch.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return self.hi - self.lo

@@ -124,6 +124,19 @@ def test_iterable_shuffle_is_deterministic_and_splits_workers(shard_dir):
     assert sorted(int(x["input_ids"][0]) for x in loader) == list(range(37))
 
 
+def test_set_epoch_reaches_persistent_dataloader_workers(shard_dir):
+    """Persistent workers keep the dataset copy they started with; the epoch must still reach them."""
+    path, _, _ = shard_dir
+    ds = IterablePackedShards(path, seed=1, block=4)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+    epochs = []
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        epochs.append([int(x["input_ids"][0]) for x in loader])
+    assert epochs[0] != epochs[1] and sorted(epochs[0]) == sorted(epochs[1]) == list(range(37))
+    assert ds.epoch == 1
+
+
 def test_corrupt_and_truncated_shards_are_named(shard_dir):
     path, _, _ = shard_dir
     victim = path / "shard-00002.parquet"
