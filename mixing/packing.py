@@ -24,6 +24,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mixing.shards import check_token_ids
+
 _SHIFT = 32  # bins are kept sorted by (remaining room << 32 | bin number)
 _BIN_MASK = (1 << _SHIFT) - 1
 
@@ -128,7 +130,7 @@ class Packer:
 
         `group`: what names the document (mixing passes a hash of its text), so that its copies and
         pieces land in different sequences; None puts no constraint on it."""
-        doc = np.asarray(doc, dtype=np.uint32)
+        doc = check_token_ids(doc)  # a cast alone would wrap -1 or 2**33 + 5 into a valid-looking id
         if doc.size == 0:
             return []
         stats, length = self.stats, self.sequence_length

@@ -75,8 +75,8 @@ class ShardWriter:
 
     def __init__(self, out_dir: str | os.PathLike, sequence_length: int, *, pad_id: int = 0,
                  sequences_per_shard: int = 256, vocab_size: Optional[int] = None):
-        if sequence_length < 1:
-            raise ValueError(f"sequence_length must be >= 1, got {sequence_length}")
+        if sequence_length < 2:  # as the reader requires: a row trains on pairs of next tokens
+            raise ValueError(f"sequence_length must be >= 2, got {sequence_length}")
         if sequences_per_shard < 1:
             raise ValueError(f"sequences_per_shard must be >= 1, got {sequences_per_shard}")
         self.out_dir = Path(out_dir)

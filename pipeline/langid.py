@@ -64,6 +64,8 @@ class LanguageIdentifier:
 
     def top_k(self, texts: Sequence[str]) -> list[tuple[tuple[str, ...], tuple[float, ...]]]:
         """The model's raw top-k ``(labels, probabilities)`` per text (newlines flattened for fastText)."""
+        if isinstance(texts, str):  # a str is a sequence too: of one-character texts
+            raise TypeError("LanguageIdentifier takes a sequence of texts, got one str: pass [text]")
         predict, k = self._model.predict, self.rules.top_k
         out = []
         for text in texts:

@@ -89,3 +89,9 @@ def test_bad_model_and_threshold_are_config_errors(tmp_path):
         LanguageIdentifier(model_path=junk)
     with pytest.raises(ConfigError, match="langid.threshold"):
         LanguageIdentifier(threshold=1.5)
+
+
+def test_one_str_is_refused_rather_than_read_as_one_text_per_character(identifier):
+    assert [lang for lang, _ in identifier.predict(["Guten Morgen, wie geht es dir heute?"])] == ["de"]
+    with pytest.raises(TypeError, match=r"got one str: pass \[text\]"):
+        identifier.predict("Guten Morgen, wie geht es dir heute?")

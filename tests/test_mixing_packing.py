@@ -90,3 +90,9 @@ def test_best_fit_keeps_groups_apart():
 def test_copies_are_placed_before_free_items_so_they_need_no_extra_bin():
     # longest first would pair the two 5s and leave the two copies of "a" a bin each (3 bins)
     assert best_fit_decreasing(np.array([5, 4, 4, 5]), 10, groups=[None, "a", "a", None]) == [[1, 0], [2, 3]]
+
+
+@pytest.mark.parametrize("doc", [[-1, 3], [2**33 + 5, 2], [1.5, 2.0]])
+def test_token_ids_that_do_not_fit_uint32_are_refused_not_wrapped(doc):
+    with pytest.raises(ValueError, match="out of range|must be integers"):
+        Packer(8).add(np.array(doc))

@@ -207,3 +207,13 @@ def test_planning_on_ray_equals_planning_in_memory(ray_local):
             assert selections[(b.category, b.key)] == expected, b.name
             fractional += expected.cutoff != (-1, -1) or bool(expected.extra)
     assert fractional >= 3  # the histogram path was exercised
+
+
+@pytest.mark.parametrize("kwargs, message", [({"max_epochs": float("nan")}, "max_epochs"),
+                                             ({"max_epochs": 0}, "max_epochs"),
+                                             ({"total_tokens": float("nan")}, "total_tokens"),
+                                             ({"total_tokens": -5}, "total_tokens")])
+def test_nan_or_non_positive_arguments_are_named(kwargs, message):
+    """Config validation catches these; a library caller gets the argument's name, not numpy's complaint."""
+    with pytest.raises(ValueError, match=f"{message} must be a positive finite number"):
+        plan_mix({("web", "en"): 1000}, load_ratios(), **kwargs)

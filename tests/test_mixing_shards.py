@@ -68,6 +68,8 @@ def test_ids_beyond_uint16_roundtrip_and_bad_ids_refused(tmp_path):
         write_shards([[100_534]], tmp_path / "d", sequence_length=4, vocab_size=100_534)
     with pytest.raises(ValueError, match="exceeds sequence_length"):
         write_shards([[1, 2, 3, 4, 5]], tmp_path / "e", sequence_length=4)
+    with pytest.raises(ValueError, match="sequence_length must be >= 2, got 1"):  # what the reader refuses
+        write_shards([[1]], tmp_path / "f", sequence_length=1)
 
 
 def test_other_readers(shard_dir):
