@@ -283,8 +283,8 @@ def plan_mix(available: Mapping[tuple[str, str], int], ratios: RatioTables, *, t
     """Plan tokens per bucket. `available` maps (category, language or programming language) -> tokens."""
     if not 0 < max_epochs < math.inf:  # also refuses NaN
         raise ValueError(f"max_epochs must be a positive finite number, got {max_epochs}")
-    if total_tokens is not None and not 0 < total_tokens < math.inf:
-        raise ValueError(f"total_tokens must be a positive finite number, got {total_tokens}")
+    if total_tokens is not None and not 0 <= total_tokens < math.inf:  # 0: the ConfigError below
+        raise ValueError(f"total_tokens must be a non-negative finite number, got {total_tokens}")
     problem = _Problem(available, ratios, max_epochs)
     if not problem.cats:
         raise ConfigError("no tokens available in any bucket covered by the ratio tables (compare their "
