@@ -48,12 +48,30 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_stats)
 
 
-def _print_tables(stats: dict, out=sys.stdout) -> None:
+def _print_tables(stats: dict, out=None) -> None:
+    from mixing.stats import by_target
+
+    out = out or sys.stdout  # at call time: a test's capture replaces sys.stdout
     unit = stats.get("unit", "tokens")
     for table in ("categories", "languages", "code_languages"):
         print(f"\n{table}:  name  target  realized  {unit}", file=out)
-        for name, v in stats[table].items():
+        for name, v in ((name, stats[table][name]) for name in by_target(stats[table])):
             print(f"  {name:<14} {100 * v['target']:7.3f}%  {100 * v['realized']:7.3f}%  {v['tokens']:>14,}", file=out)
+    print(f"\n{'bucket':<28} {'available':>14} {unit:>14} {'epochs':>7} {'documents':>10}", file=out)
+    for name, b in sorted(stats["buckets"].items()):  # a mix's, or (no plan) the cleaned data's
+        epochs = f"{b['epochs']:7.3f}" if "epochs" in b else f"{'':7}"
+        docs = (f"{b['selected_documents']:,}/{b['available_documents']:,}" if "available_documents" in b
+                else f"{b['documents']:,}")
+        print(f"{name:<28} {b.get('available', b['tokens']):>14,} {b['tokens']:>14,} {epochs} {docs:>10}", file=out)
+    for name, e in sorted(stats.get("excluded", {}).items()):
+        print(f"excluded: {name}: {e['available']:,} {unit}, {e.get('documents', '?')} documents: {e['reason']}",
+              file=out)
+    if "documents" in stats:
+        _print_documents(stats["documents"], out)
+    for stage, s in (stats.get("stages") or {}).items():
+        for kind in ("dropped", "quarantined"):
+            for reason, d in (s.get(kind) or {}).items():
+                print(f"{kind} in {stage}: {reason}: {d['docs']:,} documents, {d['chars']:,} characters", file=out)
     if "packing" in stats:
         p = stats["packing"]
         print(f"\npacking: {p['sequences']:,} sequences of {p['sequence_length']:,}, efficiency "
@@ -61,6 +79,13 @@ def _print_tables(stats: dict, out=sys.stdout) -> None:
               f"(concatenate-and-chunk would split {p['concat_split_documents']:,})", file=out)
     for issue in stats.get("issues", []):
         print(f"not met: {issue['table']}.{issue['name']}: {issue['status']}: {issue['detail']}", file=out)
+
+
+def _print_documents(acc: dict, out=None) -> None:
+    out = out or sys.stdout
+    print(f"\ndocuments: read {acc['read']:,} = selected {acc['selected']:,} + not selected {acc['not_selected']:,} "
+          f"+ excluded {acc['excluded']:,} (outside the ratio tables) + no text {acc['no_text']:,}; "
+          f"{acc['copies']:,} copies written", file=out)
 
 
 def cmd_plan(args) -> int:
@@ -71,9 +96,13 @@ def cmd_plan(args) -> int:
     cfg = load_config(args.config)
     cfg.ray = with_ray_args(cfg.ray, args)
     cleaned, tokenizer = default_dirs(cfg, args.cleaned, args.tokenizer)
-    plan, selections = plan_cleaned(cleaned, tokenizer, cfg)
+    plan, selections, read = plan_cleaned(cleaned, tokenizer, cfg)
+    stats = mix_stats(plan, selections, {}, None, read)  # what `xdp mix` would select and write
     if args.json:
-        print(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
+        selected = {f"{c}/{k}": {"tokens": s.tokens, "documents": s.documents,
+                                 "selected_documents": s.selected_documents} for (c, k), s in selections.items()}
+        print(json.dumps({**plan.to_dict(), "selected": selected, "selected_tokens": stats["total_tokens"],
+                          "documents": stats["documents"], "issues": stats["issues"]}, indent=2, sort_keys=True))
         return 0
     # a request the data cannot hold, or tables no budget meets exactly: say why next to the number
     budget = "".join(f"; {i['detail']}" for i in plan.issues if i["table"] == "budget")
@@ -89,7 +118,8 @@ def cmd_plan(args) -> int:
     if plan.excluded:
         print(f"\nexcluded: {len(plan.excluded)} buckets, {sum(e['available'] for e in plan.excluded.values()):,}"
               " tokens (outside the ratio tables)")
-    for issue in mix_stats(plan, selections, {}, None)["issues"]:  # the plan's, then the selection's
+    _print_documents(stats["documents"])
+    for issue in stats["issues"]:  # the plan's, then the selection's
         print(f"not met: {issue['table']}.{issue['name']}: {issue['status']}: {issue['detail']}")
     return 0
 

@@ -29,10 +29,10 @@ from mixing.select import (BINS, BucketSelection, epoch_hash, expand_batch, frac
                            selection_from_window, split_rate, whole_epochs)
 from mixing.shards import ShardWriter
 from mixing.stats import load_stage_stats, mix_stats
-from mixing.tokenize import TOKENIZED_SCHEMA, TokenizerInfo, bucket_keys, tokenize_batch
+from mixing.tokenize import TOKENIZED_SCHEMA, TokenizerInfo, bucket_keys, has_text, tokenize_batch
 from pipeline.aggregate import sum_by
 from pipeline.config import Config, ConfigError, MixingConfig, RayConfig
-from pipeline.preflight import parquet_schema
+from pipeline.preflight import parquet_metadata
 from pipeline.ray_session import ray_session
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ _EXPAND_BATCH = 1024  # documents per selection-expansion call (each becomes up 
 _META_COLUMNS = ["category", "key", "n_tokens", "h", "tie"]
 
 
-def _check_cleaned(cleaned_dir: str) -> None:
-    """Fail in the driver, with the column's name, before any Ray work starts."""
+def _check_cleaned(cleaned_dir: str) -> int:
+    """Fail in the driver, with the column's name, before any Ray work starts; returns the rows it holds."""
     import pyarrow.dataset as pds
 
     root = Path(cleaned_dir)
@@ -56,18 +56,20 @@ def _check_cleaned(cleaned_dir: str) -> None:
     if stray is not None:  # Arrow and Ray Data would fail on it with a traceback
         raise ConfigError(f"cleaned directory {cleaned_dir}: {stray} is not a Parquet file (a cleaned directory "
                           "holds only the clean job's output)")
-    for f in files:  # a truncated file would fail a Ray task, with a traceback, minutes into the job
-        parquet_schema(root / f, f"cleaned directory {cleaned_dir}")
+    # from the footers, which also shows a truncated file (a Ray task would fail on it, minutes in)
+    rows = sum(parquet_metadata(root / f, f"cleaned directory {cleaned_dir}").num_rows for f in files)
     names = pds.dataset(cleaned_dir, format="parquet", partitioning="hive").schema.names
     missing = [c for c in ("id", "text", "category") if c not in names]
     if missing:
         raise ConfigError(f"cleaned directory {cleaned_dir}: no column {missing[0]!r} (have {', '.join(names)})")
+    return rows
 
 
-def check_inputs(cleaned_dir: str, tokenizer_dir: str) -> TokenizerInfo:
-    """The cleaned directory and the tokenizer, checked in the driver before Ray starts."""
-    _check_cleaned(cleaned_dir)
-    return TokenizerInfo.load(tokenizer_dir)
+def check_inputs(cleaned_dir: str, tokenizer_dir: str) -> tuple[TokenizerInfo, int]:
+    """The cleaned directory and the tokenizer, checked in the driver before Ray starts; and the number of
+    cleaned rows (documents read), from the Parquet footers."""
+    rows = _check_cleaned(cleaned_dir)
+    return TokenizerInfo.load(tokenizer_dir), rows
 
 
 def tokenized(cleaned_dir: str, tokenizer_dir: str, info: TokenizerInfo, seed: int):
@@ -81,7 +83,7 @@ def tokenized(cleaned_dir: str, tokenizer_dir: str, info: TokenizerInfo, seed: i
 
 def document_counts(cleaned_dir: str, tokenizer_dir: str, seed: int, ray_cfg: Optional[RayConfig] = None) -> pa.Table:
     """Per-document (category, key, n_tokens, h, tie) without keeping the tokens (for plan and stats)."""
-    info = check_inputs(cleaned_dir, tokenizer_dir)
+    info, _ = check_inputs(cleaned_dir, tokenizer_dir)
     with ray_session(ray_cfg, reads=[cleaned_dir, tokenizer_dir]):
         ds = tokenized(cleaned_dir, tokenizer_dir, info, seed).select_columns(_META_COLUMNS)
         return pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None))
@@ -101,6 +103,7 @@ def cleaned_counts(cleaned_dir: str, tokenizer_dir: Optional[str] = None,
     dataset = pds.dataset(cleaned_dir, format="parquet", partitioning="hive")
     wanted = ["category", "text"] + [c for c in ("lang", "code_lang") if c in dataset.schema.names]
     for batch in dataset.to_batches(columns=wanted):
+        batch = batch.filter(has_text(batch.column("text")))  # as the mix leaves them out
         # a missing lang or code_lang column reads as null, as the mix's tokenize step takes it
         columns = [batch.column(c).cast(pa.string()) if c in wanted else pa.nulls(batch.num_rows, pa.string())
                    for c in ("category", "lang", "code_lang")]
@@ -168,7 +171,8 @@ def plan_on_ray(meta, cfg: MixingConfig) -> tuple[MixPlan, dict[tuple[str, str],
     """
     sums = sum_by(meta, ["category", "key"], "n_tokens")
     available = {name: tokens for name, (_, tokens) in sums.items()}
-    plan = plan_mix(available, load_ratios(cfg.ratios), total_tokens=cfg.total_tokens, max_epochs=cfg.max_epochs)
+    plan = plan_mix(available, load_ratios(cfg.ratios), total_tokens=cfg.total_tokens, max_epochs=cfg.max_epochs,
+                    documents={name: docs for name, (docs, _) in sums.items()})
     selections, fulls, remainders = {}, {}, {}
     for b in plan.buckets:
         name = (b.category, b.key)
@@ -203,12 +207,13 @@ def plan_on_ray(meta, cfg: MixingConfig) -> tuple[MixPlan, dict[tuple[str, str],
     return plan, selections
 
 
-def plan_cleaned(cleaned_dir: str, tokenizer_dir: str, cfg: Config) -> tuple[MixPlan, dict]:
-    """`xdp plan`: tokenize (nothing is written) and plan."""
-    info = check_inputs(cleaned_dir, tokenizer_dir)
+def plan_cleaned(cleaned_dir: str, tokenizer_dir: str, cfg: Config) -> tuple[MixPlan, dict, int]:
+    """`xdp plan`: tokenize (nothing is written) and plan; returns the plan, the selections and the
+    number of cleaned rows read."""
+    info, read = check_inputs(cleaned_dir, tokenizer_dir)
     with ray_session(cfg.ray, reads=[cleaned_dir, tokenizer_dir]):
         meta = tokenized(cleaned_dir, tokenizer_dir, info, cfg.mixing.seed).select_columns(_META_COLUMNS).materialize()
-        return plan_on_ray(meta, cfg.mixing)
+        return (*plan_on_ray(meta, cfg.mixing), read)
 
 
 def _pack_and_write(ordered, cfg: MixingConfig, info: TokenizerInfo, shard_dir: Path, manifest: dict) -> dict:
@@ -250,7 +255,7 @@ def mix_from_config(cfg: Config, cleaned_dir: str, tokenizer_dir: str, out_dir: 
     from pipeline.job_state import WorkDir, job_config
 
     mcfg = cfg.mixing
-    info = check_inputs(cleaned_dir, tokenizer_dir)
+    info, read = check_inputs(cleaned_dir, tokenizer_dir)
     out = Path(out_dir)
     scratch = WorkDir(out / "_work" / "mix", fingerprint)
     cache = scratch.path("tokens")
@@ -264,7 +269,11 @@ def mix_from_config(cfg: Config, cleaned_dir: str, tokenizer_dir: str, out_dir: 
             tokenized(cleaned_dir, tokenizer_dir, info, mcfg.seed).write_parquet(str(scratch.fresh("tokens")))
             scratch.complete("tokens")
         meta = ray.data.read_parquet(str(cache), columns=_META_COLUMNS).materialize()
-        plan, selections = plan_on_ray(meta, mcfg)
+        try:
+            plan, selections = plan_on_ray(meta, mcfg)
+        except ConfigError:  # the data cannot meet this config: a rerun of it has nothing to resume
+            shutil.rmtree(scratch.root, ignore_errors=True)
+            raise
         log.info("plan: %d tokens from %d buckets (%s budget)", plan.total_tokens, len(plan.buckets),
                  plan.budget_rule)
         ordered = (ray.data.read_parquet(str(cache))
@@ -277,7 +286,7 @@ def mix_from_config(cfg: Config, cleaned_dir: str, tokenizer_dir: str, out_dir: 
             "eos_id": info.eos_id, "tokenizer_sha256": info.sha256, "seed": mcfg.seed,
             # what shaped these bytes, without where they went or how Ray ran (see job_state.job_config)
             "config": job_config(cfg), "documents": sum(s.documents for s in selections.values()),
-            "stats": mix_stats(plan, selections, {}, load_stage_stats(cleaned_dir)),
+            "stats": mix_stats(plan, selections, {}, load_stage_stats(cleaned_dir), read),
         }
         manifest = _pack_and_write(ordered, mcfg, info, out / "shards", manifest)
     shutil.rmtree(scratch.root, ignore_errors=True)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -144,7 +144,8 @@ def _ipf(avail: np.ndarray, cap: np.ndarray, rows: np.ndarray, cols: np.ndarray)
 class _Problem:
     """The numbers of one planning problem, indexed for numpy."""
 
-    def __init__(self, available: Mapping[tuple[str, str], int], ratios: RatioTables, max_epochs: float):
+    def __init__(self, available: Mapping[tuple[str, str], int], ratios: RatioTables, max_epochs: float,
+                 documents: Optional[Mapping[tuple[str, str], int]] = None):
         self.max_epochs = max_epochs
         self.excluded: dict[str, dict] = {}
         self.issues: list[dict] = []
@@ -165,6 +166,8 @@ class _Problem:
                 reason = f"language {key!r} is not in the languages table"
             if reason:
                 self.excluded[f"{cat}/{key}"] = {"available": int(tokens), "reason": reason}
+                if documents is not None:
+                    self.excluded[f"{cat}/{key}"]["documents"] = int(documents[(cat, key)])
             elif cat == CODE:
                 code[key] = code.get(key, 0) + int(tokens)
             else:
@@ -279,16 +282,20 @@ class _Problem:
 
 
 def plan_mix(available: Mapping[tuple[str, str], int], ratios: RatioTables, *, total_tokens: float | None = None,
-             max_epochs: float = 4.0) -> MixPlan:
-    """Plan tokens per bucket. `available` maps (category, language or programming language) -> tokens."""
+             max_epochs: float = 4.0, documents: Optional[Mapping[tuple[str, str], int]] = None) -> MixPlan:
+    """Plan tokens per bucket. `available` maps (category, language or programming language) -> tokens;
+    `documents`, the same keys -> documents, adds their counts to the excluded buckets."""
     if not 0 < max_epochs < math.inf:  # also refuses NaN
         raise ValueError(f"max_epochs must be a positive finite number, got {max_epochs}")
     if total_tokens is not None and not 0 <= total_tokens < math.inf:  # 0: the ConfigError below
         raise ValueError(f"total_tokens must be a non-negative finite number, got {total_tokens}")
-    problem = _Problem(available, ratios, max_epochs)
+    problem = _Problem(available, ratios, max_epochs, documents)
     if not problem.cats:
+        found = ", ".join(f"{name} ({e['available']:,} tokens)" for name, e in list(problem.excluded.items())[:5])
         raise ConfigError("no tokens available in any bucket covered by the ratio tables (compare their "
-                          "categories, languages and code_languages with the cleaned data's partitions)")
+                          "categories, languages and code_languages with the cleaned data's partitions)"
+                          + (f"; the data has only {found}" + (", ..." if len(problem.excluded) > 5 else "")
+                             if found else ""))
     if total_tokens is None:
         total, rule = problem.largest_feasible(), "largest feasible"
         if total is None:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from pipeline.write import write_bytes_atomic, write_json_atomic
-from mixing.stats import TABLES
+from mixing.stats import TABLES, by_target
 
 _TITLES = {"categories": "Categories", "languages": "Natural languages", "code_languages": "Programming languages"}
 
@@ -23,8 +23,7 @@ def _share_plot(table: dict, title: str, unit: str) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # by target, ties by name: the same order from memory or from JSON (whose keys are sorted)
-    names = sorted(table, key=lambda n: (-table[n]["target"], n))
+    names = by_target(table)
     xs = list(range(len(names)))
     has_plan = any("planned" in v for v in table.values())
     reference = "planned" if has_plan else "target"
@@ -81,7 +80,7 @@ def render_html(stats: dict, images: dict[str, bytes]) -> str:
               p["concat_split_documents"]]]))
     for t in TABLES:
         rows = [[n, _pct(v["target"]), _pct(v["planned"]) if "planned" in v else "-", _pct(v["realized"]),
-                 f"{v['tokens']:,}"] for n, v in stats[t].items()]
+                 f"{v['tokens']:,}"] for n, v in ((n, stats[t][n]) for n in by_target(stats[t]))]
         img = base64.b64encode(images[t]).decode()
         parts.append(f"<h2>{_TITLES[t]}</h2><img alt='{t}' src='data:image/png;base64,{img}'>"
                      + _html_table(["name", "target", "planned", "realized", unit], rows))
@@ -94,17 +93,22 @@ def render_html(stats: dict, images: dict[str, bytes]) -> str:
         cols = sorted({k for b in buckets.values() for k in b})
         parts.append("<h2>Buckets</h2>" + _html_table(
             ["bucket", *cols], [[name, *(f"{b[c]:.3f}" if isinstance(b.get(c), float) else b.get(c, "")
-                                         for c in cols)] for name, b in buckets.items()]))
+                                         for c in cols)] for name, b in sorted(buckets.items())]))
     if stats.get("excluded"):
         parts.append("<h2>Excluded buckets</h2>" + _html_table(
-            ["bucket", unit, "reason"], [[k, v["available"], v["reason"]] for k, v in stats["excluded"].items()]))
+            ["bucket", unit, "documents", "reason"],
+            [[k, v["available"], v.get("documents", ""), v["reason"]] for k, v in sorted(stats["excluded"].items())]))
+    if stats.get("documents"):
+        keys = ("read", "selected", "not_selected", "excluded", "no_text", "copies")
+        parts.append("<h2>Cleaned documents in the mix</h2>" + _html_table(
+            [k.replace("_", " ") for k in keys], [[f"{stats['documents'][k]:,}" for k in keys]]))
     if stats.get("stages"):
         rows = []
-        for stage, s in stats["stages"].items():
-            for reason, d in (s.get("dropped") or {}).items():
-                rows.append([stage, reason, d.get("docs", ""), d.get("chars", "")])
-            if s.get("quarantined"):
-                rows.append([stage, "quarantined", s["quarantined"].get("docs", ""), s["quarantined"].get("chars", "")])
+        for stage, s in sorted(stats["stages"].items()):
+            for kind in ("dropped", "quarantined"):  # each {reason: {docs, chars}}
+                for reason, d in (s.get(kind) or {}).items():
+                    rows.append([stage, reason if kind == "dropped" else f"quarantined: {reason}",
+                                 d.get("docs", ""), d.get("chars", "")])
         parts.append("<h2>Documents dropped per stage and reason</h2>"
                      + _html_table(["stage", "reason", "documents", "characters"], rows))
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"

@@ -66,6 +66,8 @@ class BucketSelection:
     extra: tuple[tuple[int, int], ...]  # ... plus these (epoch hash, tie): beyond the cutoff, still fit
     tokens: int  # realized tokens (EOS included)
     documents: int  # documents taken, counting repeats
+    selected_documents: int  # documents taken at least once
+    available_documents: int  # documents in the bucket
 
 
 # The fractional epoch is located with a histogram of epoch hashes (their top HIST_BITS bits), so
@@ -154,8 +156,10 @@ def selection_from_window(full: int, available: int, documents: int, remainder: 
     if overshoot is not None:
         extra.append(overshoot[0])
         part_tokens += overshoot[1]
+    fraction_docs = part_docs + int(counts[extra].sum())
     return BucketSelection(full, cutoff, tuple((int(eh[i]), int(tie[i])) for i in extra),
-                           full * available + part_tokens, full * documents + part_docs + int(counts[extra].sum()))
+                           full * available + part_tokens, full * documents + fraction_docs,
+                           documents if full else fraction_docs, documents)
 
 
 def split_rate(planned_tokens: float, available: int) -> tuple[int, float]:
@@ -167,7 +171,8 @@ def split_rate(planned_tokens: float, available: int) -> tuple[int, float]:
 
 def whole_epochs(full: int, available: int, documents: int) -> BucketSelection:
     """A bucket taken `full` times over, with no fractional epoch."""
-    return BucketSelection(full, _NO_CUTOFF, (), full * available, full * documents)
+    return BucketSelection(full, _NO_CUTOFF, (), full * available, full * documents, documents if full else 0,
+                           documents)
 
 
 def plan_selection(planned_tokens: float, h: np.ndarray, tie: np.ndarray, n_tokens: np.ndarray) -> BucketSelection:

@@ -66,9 +66,27 @@ def selection_issues(tables: Mapping[str, Mapping[str, dict]]) -> list[dict]:
     return issues
 
 
+def by_target(table: Mapping[str, dict]) -> list[str]:
+    """A table's entries by target share, ties by name: the same order from memory or from JSON (whose
+    keys are sorted), so a report rebuilt from a manifest is the mix's own, byte for byte."""
+    return sorted(table, key=lambda name: (-table[name]["target"], name))
+
+
+def document_accounting(read: int, plan: MixPlan, selections: Mapping[tuple[str, str], BucketSelection]) -> dict:
+    """Every cleaned row once: selected (written at least once), not selected (its bucket's plan took less
+    than a whole epoch), excluded (its bucket is outside the ratio tables) or without text (null or
+    blank, left out by tokenization); `copies` counts what was written, repeats included."""
+    excluded = sum(e.get("documents", 0) for e in plan.excluded.values())
+    planned = sum(s.available_documents for s in selections.values())
+    selected = sum(s.selected_documents for s in selections.values())
+    return {"read": read, "selected": selected, "not_selected": planned - selected, "excluded": excluded,
+            "no_text": read - planned - excluded, "copies": sum(s.documents for s in selections.values())}
+
+
 def mix_stats(plan: MixPlan, selections: Mapping[tuple[str, str], BucketSelection], packing: dict,
-              stages: Optional[dict]) -> dict:
-    """The stats document of a finished mix (the `xdp stats --json` shape)."""
+              stages: Optional[dict], read: Optional[int] = None) -> dict:
+    """The stats document of a finished mix (the `xdp stats --json` shape); with the number of cleaned
+    rows `read`, a `documents` entry accounts for each of them."""
     realized = {k: s.tokens for k, s in selections.items()}
     per_table = _table_tokens(realized)
     planned = {(b.category, b.key): b for b in plan.buckets}
@@ -80,12 +98,16 @@ def mix_stats(plan: MixPlan, selections: Mapping[tuple[str, str], BucketSelectio
         "max_epochs": plan.max_epochs,
         "buckets": {f"{c}/{k}": {"available": planned[(c, k)].available, "planned": planned[(c, k)].tokens,
                                  "tokens": s.tokens, "documents": s.documents,
+                                 "available_documents": s.available_documents,
+                                 "selected_documents": s.selected_documents,
                                  "epochs": s.tokens / planned[(c, k)].available}
                     for (c, k), s in selections.items()},
         "excluded": plan.excluded,
         "issues": plan.issues + selection_issues({t: out[t] for t in TABLES}),
         "packing": packing,
     })
+    if read is not None:
+        out["documents"] = document_accounting(read, plan, selections)
     if stages is not None:
         out["stages"] = stages
     return out

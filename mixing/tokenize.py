@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 
 from mixing.select import doc_hash
@@ -75,6 +76,11 @@ def bucket_keys(category: pa.Array, lang: pa.Array, code_lang: pa.Array) -> tupl
     return cats, keys
 
 
+def has_text(text: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Rows with text that is neither null nor blank: the others are no document to train on."""
+    return pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text.cast(pa.string()))), 0), False)
+
+
 class Tokenize:
     """Arrow batch of cleaned documents -> `TOKENIZED_SCHEMA` (tokens end with EOS).
 
@@ -95,6 +101,7 @@ class Tokenize:
         for name in ("id", "text", "category"):
             if name not in batch.column_names:
                 raise ValueError(f"cleaned documents lack column {name!r} (have {batch.column_names})")
+        batch = batch.filter(has_text(batch.column("text")))  # the mix counts the rest as `no_text`
         col = {n: batch.column(n).cast(pa.string()).combine_chunks() if n in batch.column_names
                else pa.nulls(batch.num_rows, pa.string())
                for n in ("id", "category", "lang", "code_lang", "source", "position")}

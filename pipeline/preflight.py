@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import pyarrow as pa
 
 from pipeline.config import ConfigError
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
 
 
 def _within(path: Path, directory: Path) -> bool:
@@ -54,12 +57,12 @@ def check_output_file(path: str | os.PathLike, flag: str) -> None:
     _check_writable(out.parent, flag)
 
 
-def parquet_schema(path: str | os.PathLike, what: str) -> pa.Schema:
-    """The schema from a Parquet file's footer; a truncated or foreign file is a ConfigError naming it."""
+def parquet_metadata(path: str | os.PathLike, what: str) -> "pq.FileMetaData":
+    """A Parquet file's footer (schema, rows); a truncated or foreign file is a ConfigError naming it."""
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_schema(path)
+        return pq.read_metadata(path)
     except (pa.ArrowInvalid, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"{what}: {path} is not a readable Parquet file ({reason})") from None

@@ -15,7 +15,7 @@ from mixing.job import mix_from_config
 from mixing.reader import PackedShards
 from mixing.tokenize import Tokenize
 from pipeline.cli import main
-from pipeline.config import config_from_dict
+from pipeline.config import ConfigError, config_from_dict
 
 SEQ = 256
 RATIOS = {
@@ -47,12 +47,16 @@ def workdir(tmp_path_factory):
             rows.append({"id": f"{cat}-{lang or code_lang}-{i}", "text": " ".join(rng.choice(words, length)),
                          "category": cat, "lang": lang, "lang_score": None if lang is None else 0.9,
                          "code_lang": code_lang, "source": "test"})
+    for i, text in enumerate(["", " \n ", None]):  # no text: left out of the mix, counted as no_text
+        rows.append({"id": f"blank-{i}", "text": text, "category": "web", "lang": "en", "lang_score": 0.9,
+                     "code_lang": None, "source": "test"})
     pds.write_dataset(pa.Table.from_pylist(rows), root / "cleaned", format="parquet",
                       partitioning=["category", "lang"], partitioning_flavor="hive")
     (root / "stats.json").write_text(json.dumps({"stages": {"exact_dedup": {
         "in": {"docs": 500, "chars": 9000}, "kept": {"docs": 480, "chars": 8800},
-        "dropped": {"duplicate": {"docs": 20, "chars": 200}}}}}))
-    _tokenizer(root / "tokenizer", [r["text"] for r in rows])
+        "dropped": {"duplicate": {"docs": 20, "chars": 200}}},
+        "read": {"quarantined": {"invalid_json": {"docs": 2, "chars": 50}}}}}))
+    _tokenizer(root / "tokenizer", [r["text"] for r in rows if r["text"]])
     (root / "ratios.yaml").write_text(yaml.safe_dump(RATIOS))
     return root
 
@@ -83,6 +87,7 @@ def _config(root, out, **mixing):
 def test_tokenize_appends_eos_and_buckets(workdir):
     batch = pds.dataset(workdir / "cleaned", format="parquet", partitioning="hive").to_table()
     out = Tokenize(str(workdir / "tokenizer"), seed=1)(batch)
+    assert out.num_rows == batch.num_rows - 3  # the rows with text "", " \n " or null are left out
     tokens = out.column("tokens").to_pylist()
     assert all(t[-1] == 2 and 2 not in t[:-1] for t in tokens)
     assert out.column("n_tokens").to_pylist() == [len(t) for t in tokens]
@@ -117,7 +122,8 @@ def test_tokenize_in_slices_gives_the_ids_of_one_call(workdir, monkeypatch):
 
     batch = pds.dataset(workdir / "cleaned", format="parquet", partitioning="hive").to_table()
     tok = Tokenize(str(workdir / "tokenizer"), seed=1)
-    whole = tok.tokenizer.encode_batch_fast(batch.column("text").to_pylist(), add_special_tokens=False)
+    texts = [t for t in batch.column("text").to_pylist() if t and t.strip()]  # rows without text are left out
+    whole = tok.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
     monkeypatch.setattr(tokenize, "_ENCODE_CHARS", 100)  # every call a few short documents, or one long one
     calls = []
     encode = tok.tokenizer.encode_batch_fast
@@ -126,7 +132,7 @@ def test_tokenize_in_slices_gives_the_ids_of_one_call(workdir, monkeypatch):
     tokens = tok(batch).column("tokens").to_pylist()
     assert tokens == [e.ids + [2] for e in whole]
     assert len(calls) > 5 and all(len(c) == 1 or sum(map(len, c)) <= 100 for c in calls)
-    assert [t for c in calls for t in c] == batch.column("text").to_pylist()
+    assert [t for c in calls for t in c] == texts
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +143,15 @@ def mixed(workdir, ray_local, tmp_path_factory):
     return cfg, out, summary
 
 
-def test_mix_end_to_end(mixed):
+def test_a_mix_with_nothing_in_the_tables_names_what_the_data_has_and_leaves_no_cache(workdir, ray_local, tmp_path):
+    (tmp_path / "ratios.yaml").write_text(yaml.safe_dump({**RATIOS, "categories": {"papers": 100}}))
+    cfg = _config(workdir, tmp_path / "out", ratios=str(tmp_path / "ratios.yaml"))
+    with pytest.raises(ConfigError, match=r"no tokens available .*; the data has only books/de \([0-9,]+ tokens\)"):
+        mix_from_config(cfg, str(workdir / "cleaned"), str(workdir / "tokenizer"), str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "_work" / "mix").exists()
+
+
+def test_mix_end_to_end(mixed, workdir):
     cfg, out, summary = mixed
     shard_dir = out / "shards"
     manifest = json.loads((shard_dir / "manifest.json").read_text())
@@ -156,11 +170,19 @@ def test_mix_end_to_end(mixed):
     assert real == manifest["tokens"] == stats["total_tokens"] == stats["packing"]["tokens"]
     eos = sum(int((ds[i]["input_ids"] == 2).sum()) for i in range(len(ds)))
     assert eos == sum(b["documents"] for b in stats["buckets"].values())
+    # every cleaned row once: selected, not selected, excluded or without text
+    docs, buckets = stats["documents"], stats["buckets"].values()
+    assert docs["read"] == pq.read_table(workdir / "cleaned").num_rows and docs["no_text"] == 3
+    assert docs["read"] == docs["selected"] + docs["not_selected"] + docs["excluded"] + docs["no_text"]
+    assert docs["excluded"] == stats["excluded"]["web/xx"]["documents"] > 0 and docs["copies"] == eos
+    assert docs["selected"] == sum(b["selected_documents"] for b in buckets) > 0 and docs["not_selected"] > 0
+    assert all(0 < b["selected_documents"] <= b["available_documents"] for b in buckets)
     assert stats["packing"]["split_documents"] > 0
     assert manifest["eos_id"] == 2 and manifest["pad_id"] == 0 and len(manifest["tokenizer_sha256"]) == 64
     assert stats["stages"]["exact_dedup"]["dropped"]["duplicate"]["docs"] == 20
     report = (out / "report" / "report.html").read_text()
     assert "data:image/png;base64," in report and "duplicate" in report
+    assert "<td>read</td><td>quarantined: invalid_json</td><td>2</td><td>50</td>" in report
     assert not (out / "_work" / "mix").exists()  # the token cache is gone once the shards are written
 
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.preflight import check_output_dir, check_output_file, parquet_schema
+from pipeline.preflight import check_output_dir, check_output_file, parquet_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,10 +94,10 @@ def test_outputs_may_hold_what_is_read_but_not_sit_inside_it(tmp_path):
 
 def test_a_truncated_parquet_file_is_named(tmp_path):
     pq.write_table(pa.table({"text": ["x"]}), tmp_path / "ok.parquet")
-    assert parquet_schema(tmp_path / "ok.parquet", "input").names == ["text"]
+    assert parquet_metadata(tmp_path / "ok.parquet", "input").schema.names == ["text"]
     (tmp_path / "cut.parquet").write_bytes((tmp_path / "ok.parquet").read_bytes()[:-9])
     with pytest.raises(ConfigError, match=r"^input: .*cut.parquet is not a readable Parquet file \(Parquet magic"):
-        parquet_schema(tmp_path / "cut.parquet", "input")
+        parquet_metadata(tmp_path / "cut.parquet", "input")
 
 
 def _unprivileged() -> list[str]:

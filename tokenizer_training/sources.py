@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from pipeline.config import ConfigError, infer_format
-from pipeline.preflight import parquet_schema
+from pipeline.preflight import parquet_metadata
 
 COLUMNS = ("id", "text", "category", "lang", "code_lang")
 SCHEMA = pa.schema([(name, pa.string()) for name in COLUMNS])
@@ -54,7 +54,7 @@ def list_input_files(inputs: list[str] | str) -> list[str]:
         raise ConfigError(f"--input {', '.join(inputs)}: no JSONL or Parquet files found")
     files = sorted(os.path.abspath(f) for f in found)
     for path in files:  # in the driver: a Ray task would fail on them with its traceback
-        if infer_format(path) == "parquet" and "text" not in parquet_schema(path, "--input").names:
+        if infer_format(path) == "parquet" and "text" not in parquet_metadata(path, "--input").schema.names:
             raise ConfigError(f"--input: {path}: Parquet file has no 'text' column")
     return files
 
