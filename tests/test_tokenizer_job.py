@@ -87,6 +87,9 @@ def test_report_and_exact_size(trained):
     assert sample["bytes"] == sum(v["bytes"] for v in langs.values())
     assert abs(sample["bytes"] - 150_000) < 15_000  # the plan fills the byte budget
     assert report["input"]["skipped_other_languages"]["docs"] == 30
+    # every document with text once: sampled, not sampled, or in no language of the table
+    assert report["input"]["docs"] == len(_records()) == (sample["docs"] + sample["docs_not_sampled"] + 30)
+    assert sample["docs_not_sampled"] > 0 and report["input"]["bad_records"] == 0
     assert report["peak_rss_bytes"] > 0 and report["input"]["files"] == 1
 
 

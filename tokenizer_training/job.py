@@ -111,6 +111,7 @@ def train_tokenizer(inputs: list[str] | str, output_dir: str, tok_cfg: Tokenizer
     ended = time.perf_counter()
     total_s = ended - started
     skipped = census.buckets.to_dict().get(SKIPPED, {"docs": 0, "bytes": 0})
+    docs_in, docs_sampled = sum(census.buckets.docs.values()), sum(by_bucket.docs.values())
     report = {
         "model": "byte-level BPE",
         "vocab_size": tok.get_vocab_size(with_added_tokens=True),
@@ -119,14 +120,16 @@ def train_tokenizer(inputs: list[str] | str, output_dir: str, tok_cfg: Tokenizer
         "temperature": tok_cfg.temperature,
         "min_frequency": tok_cfg.min_frequency,
         "ratios": ratios.name,
-        "input": {"files": len(files), "hash": census.input_hash, "bad_records": census.bad_records,
+        # records read = docs + bad_records; docs = sampled + not sampled + skipped_other_languages
+        "input": {"files": len(files), "hash": census.input_hash, "docs": docs_in, "bad_records": census.bad_records,
                   "skipped_other_languages": skipped},
         "sample": {
             "requested_bytes": tok_cfg.sample_bytes,
             "capped_bytes": sample_bytes,
             "memory_capped": sample_bytes < tok_cfg.sample_bytes,
             "bytes": sum(by_bucket.bytes.values()),
-            "docs": sum(by_bucket.docs.values()),
+            "docs": docs_sampled,
+            "docs_not_sampled": docs_in - skipped["docs"] - docs_sampled,
             "short_languages": plan.short,
             "by_language": _by_language(plan, by_bucket),
             "by_category": by_category.to_dict(),
