@@ -56,13 +56,29 @@ def _check_cleaned(cleaned_dir: str) -> int:
     if stray is not None:  # Arrow and Ray Data would fail on it with a traceback
         raise ConfigError(f"cleaned directory {cleaned_dir}: {stray} is not a Parquet file (a cleaned directory "
                           "holds only the clean job's output)")
-    # from the footers, which also shows a truncated file (a Ray task would fail on it, minutes in)
-    rows = sum(parquet_metadata(root / f, f"cleaned directory {cleaned_dir}").num_rows for f in files)
+    # From the footers, which also show a truncated file or null ids (a Ray task would fail on either,
+    # minutes in, with a traceback).
+    rows = 0
+    for f in files:
+        meta = parquet_metadata(root / f, f"cleaned directory {cleaned_dir}")
+        rows += meta.num_rows
+        if _null_ids(meta):
+            raise ConfigError(f"cleaned directory {cleaned_dir}: {f} holds rows without an id ({_null_ids(meta):,}; "
+                              "every cleaned document needs one, and the clean job gives each an id)")
     names = pds.dataset(cleaned_dir, format="parquet", partitioning="hive").schema.names
     missing = [c for c in ("id", "text", "category") if c not in names]
     if missing:
         raise ConfigError(f"cleaned directory {cleaned_dir}: no column {missing[0]!r} (have {', '.join(names)})")
     return rows
+
+
+def _null_ids(meta) -> int:
+    """Null ids by the row groups' statistics (0 where a writer kept none)."""
+    if "id" not in meta.schema.names:
+        return 0
+    column = meta.schema.names.index("id")
+    stats = (meta.row_group(i).column(column).statistics for i in range(meta.num_row_groups))
+    return sum(s.null_count for s in stats if s is not None and s.has_null_count)
 
 
 def check_inputs(cleaned_dir: str, tokenizer_dir: str) -> tuple[TokenizerInfo, int]:

@@ -27,9 +27,11 @@ def tree(tmp_path):
                                        f"output: {tmp_path}/out\n")
     (tmp_path / "afile").write_text("")
     table = pa.table({"id": ["a"], "text": ["some text"], "category": ["web"]})
-    for name in ("cleaned", "bad", "notext"):
+    for name in ("cleaned", "bad", "notext", "nullid"):
         (tmp_path / name).mkdir()
     pq.write_table(table, tmp_path / "cleaned" / "part-0.parquet")
+    pq.write_table(pa.table({"id": ["a", None], "text": ["x", "y"], "category": ["web"] * 2}),
+                   tmp_path / "nullid" / "part-0.parquet")
     pq.write_table(table.drop_columns(["text"]), tmp_path / "notext" / "part-0.parquet")
     data = (tmp_path / "cleaned" / "part-0.parquet").read_bytes()
     (tmp_path / "bad" / "part-0.parquet").write_bytes(data[: len(data) // 2])
@@ -64,6 +66,8 @@ def _listing(root: Path) -> list[str]:
     (["plan", "--config", "{tmp}/job.yaml", "--cleaned", "{tmp}/bad"],
      "{tmp}/bad/part-0.parquet is not a readable Parquet file"),
     (["stats", "{tmp}/bad"], "{tmp}/bad/part-0.parquet is not a readable Parquet file"),
+    (["plan", "--config", "{tmp}/job.yaml", "--cleaned", "{tmp}/nullid"],
+     "part-0.parquet holds rows without an id (1;"),
     (["train-tokenizer", "--input", "{tmp}/bad", "--output", "{tmp}/tk"],
      "--input: {tmp}/bad/part-0.parquet is not a readable Parquet file"),
     (["train-tokenizer", "--input", "{tmp}/notext", "--output", "{tmp}/tk"], "has no 'text' column"),
