@@ -49,13 +49,13 @@ def register(sub) -> None:
 
 
 def _print_tables(stats: dict, out=None) -> None:
-    from mixing.stats import by_target
+    from mixing.stats import by_target, stage_removals
 
     out = out or sys.stdout  # at call time: a test's capture replaces sys.stdout
     unit = stats.get("unit", "tokens")
     for table in ("categories", "languages", "code_languages"):
         print(f"\n{table}:  name  target  realized  {unit}", file=out)
-        for name, v in ((name, stats[table][name]) for name in by_target(stats[table])):
+        for name, v in by_target(stats[table]):
             print(f"  {name:<14} {100 * v['target']:7.3f}%  {100 * v['realized']:7.3f}%  {v['tokens']:>14,}", file=out)
     print(f"\n{'bucket':<28} {'available':>14} {unit:>14} {'epochs':>7} {'documents':>10}", file=out)
     for name, b in sorted(stats["buckets"].items()):  # a mix's, or (no plan) the cleaned data's
@@ -68,10 +68,8 @@ def _print_tables(stats: dict, out=None) -> None:
               file=out)
     if "documents" in stats:
         _print_documents(stats["documents"], out)
-    for stage, s in (stats.get("stages") or {}).items():
-        for kind in ("dropped", "quarantined"):
-            for reason, d in (s.get(kind) or {}).items():
-                print(f"{kind} in {stage}: {reason}: {d['docs']:,} documents, {d['chars']:,} characters", file=out)
+    for stage, kind, reason, d in stage_removals(stats.get("stages") or {}):
+        print(f"{kind} in {stage}: {reason}: {d['docs']:,} documents, {d['chars']:,} characters", file=out)
     if "packing" in stats:
         p = stats["packing"]
         print(f"\npacking: {p['sequences']:,} sequences of {p['sequence_length']:,}, efficiency "
@@ -99,8 +97,8 @@ def cmd_plan(args) -> int:
     plan, selections, read = plan_cleaned(cleaned, tokenizer, cfg)
     stats = mix_stats(plan, selections, {}, None, read)  # what `xdp mix` would select and write
     if args.json:
-        selected = {f"{c}/{k}": {"tokens": s.tokens, "documents": s.documents,
-                                 "selected_documents": s.selected_documents} for (c, k), s in selections.items()}
+        selected = {name: {k: b[k] for k in ("tokens", "documents", "selected_documents")}
+                    for name, b in stats["buckets"].items()}
         print(json.dumps({**plan.to_dict(), "selected": selected, "selected_tokens": stats["total_tokens"],
                           "documents": stats["documents"], "issues": stats["issues"]}, indent=2, sort_keys=True))
         return 0

@@ -62,8 +62,9 @@ def _check_cleaned(cleaned_dir: str) -> int:
     for f in files:
         meta = parquet_metadata(root / f, f"cleaned directory {cleaned_dir}")
         rows += meta.num_rows
-        if _null_ids(meta):
-            raise ConfigError(f"cleaned directory {cleaned_dir}: {f} holds rows without an id ({_null_ids(meta):,}; "
+        null_ids = _null_ids(meta)
+        if null_ids:
+            raise ConfigError(f"cleaned directory {cleaned_dir}: {f} holds rows without an id ({null_ids:,}; "
                               "every cleaned document needs one, and the clean job gives each an id)")
     names = pds.dataset(cleaned_dir, format="parquet", partitioning="hive").schema.names
     missing = [c for c in ("id", "text", "category") if c not in names]

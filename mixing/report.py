@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from pipeline.write import write_bytes_atomic, write_json_atomic
-from mixing.stats import TABLES, by_target
+from mixing.stats import TABLES, by_target, stage_removals
 
 _TITLES = {"categories": "Categories", "languages": "Natural languages", "code_languages": "Programming languages"}
 
@@ -23,7 +23,7 @@ def _share_plot(table: dict, title: str, unit: str) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = by_target(table)
+    names = [name for name, _ in by_target(table)]
     xs = list(range(len(names)))
     has_plan = any("planned" in v for v in table.values())
     reference = "planned" if has_plan else "target"
@@ -80,7 +80,7 @@ def render_html(stats: dict, images: dict[str, bytes]) -> str:
               p["concat_split_documents"]]]))
     for t in TABLES:
         rows = [[n, _pct(v["target"]), _pct(v["planned"]) if "planned" in v else "-", _pct(v["realized"]),
-                 f"{v['tokens']:,}"] for n, v in ((n, stats[t][n]) for n in by_target(stats[t]))]
+                 f"{v['tokens']:,}"] for n, v in by_target(stats[t])]
         img = base64.b64encode(images[t]).decode()
         parts.append(f"<h2>{_TITLES[t]}</h2><img alt='{t}' src='data:image/png;base64,{img}'>"
                      + _html_table(["name", "target", "planned", "realized", unit], rows))
@@ -103,12 +103,8 @@ def render_html(stats: dict, images: dict[str, bytes]) -> str:
         parts.append("<h2>Cleaned documents in the mix</h2>" + _html_table(
             [k.replace("_", " ") for k in keys], [[f"{stats['documents'][k]:,}" for k in keys]]))
     if stats.get("stages"):
-        rows = []
-        for stage, s in sorted(stats["stages"].items()):
-            for kind in ("dropped", "quarantined"):  # each {reason: {docs, chars}}
-                for reason, d in (s.get(kind) or {}).items():
-                    rows.append([stage, reason if kind == "dropped" else f"quarantined: {reason}",
-                                 d.get("docs", ""), d.get("chars", "")])
+        rows = [[stage, reason if kind == "dropped" else f"quarantined: {reason}", d.get("docs", ""),
+                 d.get("chars", "")] for stage, kind, reason, d in stage_removals(stats["stages"])]
         parts.append("<h2>Documents dropped per stage and reason</h2>"
                      + _html_table(["stage", "reason", "documents", "characters"], rows))
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"

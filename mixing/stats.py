@@ -66,10 +66,17 @@ def selection_issues(tables: Mapping[str, Mapping[str, dict]]) -> list[dict]:
     return issues
 
 
-def by_target(table: Mapping[str, dict]) -> list[str]:
-    """A table's entries by target share, ties by name: the same order from memory or from JSON (whose
-    keys are sorted), so a report rebuilt from a manifest is the mix's own, byte for byte."""
-    return sorted(table, key=lambda name: (-table[name]["target"], name))
+def by_target(table: Mapping[str, dict]) -> list[tuple[str, dict]]:
+    """A table's (name, entry) pairs by target share, ties by name: the same order from memory or from JSON
+    (whose keys are sorted), so a report rebuilt from a manifest is the mix's own, byte for byte."""
+    return sorted(table.items(), key=lambda item: (-item[1]["target"], item[0]))
+
+
+def stage_removals(stages: Mapping[str, dict]) -> list[tuple[str, str, str, dict]]:
+    """(stage, "dropped" or "quarantined", reason, {docs, chars}) of the clean job's per-stage counters,
+    in stage order."""
+    return [(stage, kind, reason, counts) for stage, s in sorted(stages.items())
+            for kind in ("dropped", "quarantined") for reason, counts in (s.get(kind) or {}).items()]
 
 
 def document_accounting(read: int, plan: MixPlan, selections: Mapping[tuple[str, str], BucketSelection]) -> dict:

@@ -88,12 +88,12 @@ def _fresh_dir(path: Path) -> Path:
 
 
 def _check_columns(ds: ray.data.Dataset, stage: str) -> None:
-    names = ds.columns()
+    schema = ds.schema()
+    names = schema.names if schema is not None else []
     missing = [c for c in ("id", "text") if c not in names]
     if missing:
         raise ValueError(f"{stage} dedup: input has no {', '.join(missing)} column (columns: {', '.join(names)})")
-    schema = ds.schema()
-    if schema is not None and isinstance(schema.base_schema, pa.Schema):  # in the driver, not in a task
+    if isinstance(schema.base_schema, pa.Schema):  # in the driver, not in a task
         dedup.check_id_type(schema.base_schema.field("id").type)
 
 
