@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.minhash import MinHasher
+from pipeline.minhash import MinHasher, has_words
 
 CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus" / "docs"
 DOC_CHARS = 2000
@@ -109,6 +109,10 @@ def ours(docs: list[str]) -> None:
     MinHasher(num_perm=NUM_PERM).signatures(docs)
 
 
+def ours_word_check(docs: list[str]) -> None:
+    has_words(docs)
+
+
 def ours_legacy(docs: list[str]) -> None:
     MinHasher(num_perm=NUM_PERM, scheme="legacy").signatures(docs)
 
@@ -118,6 +122,7 @@ METHODS = [  # (name, function, input: naive = the first --naive-docs texts, doc
     ("datasketch MinHash.bulk + LeanMinHash", datasketch_bulk, "docs"),
     ("**xdp MinHasher.signatures** (affine32, default)", ours, "docs"),
     ("xdp MinHasher.signatures (scheme=legacy)", ours_legacy, "docs"),
+    ("xdp has_words alone (near dedup's check for documents without a word)", ours_word_check, "docs"),
     ("rensa RMinHash.update (Rust) over Python shingles", rensa, "docs"),
     ("permutations only, from precomputed shingle hashes: xdp (numpy)", ours_permutations, "hashes"),
     ("permutations only, from precomputed shingle hashes: rensa (Rust; ceiling)", rensa_permutations, "hashes"),
