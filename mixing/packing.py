@@ -130,7 +130,9 @@ class Packer:
 
         `group`: what names the document (mixing passes a hash of its text), so that its copies and
         pieces land in different sequences; None puts no constraint on it."""
-        doc = check_token_ids(doc)  # a cast alone would wrap -1 or 2**33 + 5 into a valid-looking id
+        doc = np.asarray(doc)
+        if doc.dtype != np.uint32:  # a cast alone would wrap -1 or 2**33 + 5 into a valid-looking id
+            doc = check_token_ids(doc)
         if doc.size == 0:
             return []
         stats, length = self.stats, self.sequence_length
